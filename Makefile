@@ -1,0 +1,28 @@
+# Common tasks. `make install` is the only set-up step.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install train test test-fast lint clean tensorboard
+
+install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==$(TORCH_VERSION)
+	$(BIN)/pip install -e ".[dev]"
+
+train:  ## the default ViT on MNIST; pass Hydra overrides with ARGS="model.depth=6 trainer.max_epochs=20"
+	$(BIN)/python -m vit_mnist.train $(ARGS)
+
+test:  ## the whole suite; slow tests run when the real data is found
+	$(BIN)/python -m pytest -q
+
+test-fast:  ## without the slow tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
+tensorboard:
+	$(BIN)/tensorboard --logdir outputs
+
+clean:
+	rm -rf .pytest_cache **/__pycache__

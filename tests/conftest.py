@@ -1,0 +1,74 @@
+"""Shared fixtures: synthetic IDX datasets and composed Hydra configs that write into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from tests.synthetic import write_dataset
+from vit_mnist.config import CONFIG_DIR
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Small settings that keep a training run to seconds on 2 CPU cores.
+TINY = [
+    "model.hidden_dim=32",
+    "model.depth=2",
+    "model.heads=2",
+    "model.mlp_dim=64",
+    "optimizer.lr=3e-3",
+    "data.batch_size=32",
+    "data.eval_batch_size=100",
+    "data.val_size=100",
+    "data.download=false",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "callbacks.model_summary=null",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MNIST as raw IDX and Fashion-MNIST as gzip IDX, 800 train / 200 test images each."""
+    root = tmp_path_factory.mktemp("data")
+    write_dataset(root, "mnist", gz=False)
+    write_dataset(root, "fashion_mnist", gz=True, seed=1)
+    return root
+
+
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with overrides, as the CLI would, with its run folder at `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(data_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """`make_cfg(*overrides, output_dir=None)`: a tiny training config on the synthetic data."""
+
+    def make(*overrides: str, output_dir: Path | None = None, config_name: str = "train") -> DictConfig:
+        base = TINY + [f"paths.data_dir={data_dir}"] if config_name == "train" else [f"paths.data_dir={data_dir}"]
+        return compose_config(base + list(overrides), output_dir or tmp_path / "run", config_name)
+
+    return make

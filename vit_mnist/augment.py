@@ -1,0 +1,48 @@
+"""Batched on-device augmentation: one random affine warp (rotation, translation, scale, flip) per image."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the random affine transform; all zero/False means no augmentation."""
+
+    rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
+    translate: float = 0.1  # fraction of the image size, uniform in [-translate, translate] per axis
+    scale: tuple[float, float] = (0.9, 1.1)  # zoom factor range
+    hflip: bool = False  # mirror half of the images (changes digit identity: off for digits by default)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rotation or self.translate or tuple(self.scale) != (1.0, 1.0) or self.hflip)
+
+
+def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Warp a float batch (B, C, H, W) with a random affine transform per image; background stays 0."""
+    if not cfg.enabled:
+        return images
+    B, device = images.shape[0], images.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(B, device=device, generator=generator) * (high - low) + low
+
+    angle = uniform(-cfg.rotation, cfg.rotation) * (math.pi / 180.0)
+    scale = uniform(float(cfg.scale[0]), float(cfg.scale[1]))
+    # affine_grid maps output coords to input coords, so the inverse zoom is 1/scale.
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    flip = torch.ones(B, device=device)
+    if cfg.hflip:
+        flip = torch.where(torch.rand(B, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    # translate is in [-1, 1] normalised coords: a fraction f of the image is 2f.
+    tx, ty = uniform(-2 * cfg.translate, 2 * cfg.translate), uniform(-2 * cfg.translate, 2 * cfg.translate)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, tx], dim=1), torch.stack([sin * flip, cos, ty], dim=1)], dim=1
+    ).to(images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,80 @@
+"""Hydra plumbing shared by the entry points: config folder, resolvers, checks that run before any work."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from vit_mnist.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+
+def project_root() -> str:
+    """The project folder (holding conf/); VIT_MNIST_ROOT overrides it."""
+    return os.environ.get("VIT_MNIST_ROOT", str(PROJECT_ROOT))
+
+
+def _abspath(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _abspath)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the parts of a composed config that would fail late (model shape, dataset); `UserError` if wrong."""
+    from vit_mnist.model import check_vit_shape
+    from vit_mnist.sources import get_spec
+
+    spec = get_spec(cfg.data.name)
+    m = cfg.model
+    check_vit_shape(
+        m.image_size, m.patch_size, m.hidden_dim, m.heads, m.get("pool", "cls"), m.get("stem", "patch"),
+        m.depth, m.mlp_dim, m.get("dropout", 0.0), m.get("drop_path", 0.0),
+    )
+    if m.num_classes != len(spec.classes) or m.image_size != spec.image_size:
+        raise UserError(
+            f"model.num_classes={m.num_classes} and model.image_size={m.image_size} do not match "
+            f"data={spec.name} ({len(spec.classes)} classes, {spec.image_size}x{spec.image_size}); "
+            "leave them at their defaults, which follow the data config."
+        )
+
+
+def precheck(config_name: str, argv: list[str], check: Callable[[DictConfig], None] = validate) -> None:
+    """Compose the config from the command line and run `check` before Hydra makes a run folder.
+
+    Only for single runs: in a multirun each job checks itself, so one bad job does not stop the sweep.
+    Anything that is not a user error (an unusual flag, a composition problem) is left for Hydra to report.
+    """
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=argv)
+    except Exception:
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    try:
+        check(cfg)
+    except UserError:
+        raise
+    except Exception:
+        return
+
+
+def is_multirun(argv: list[str] | None = None) -> bool:
+    """Whether the command line asks Hydra for a multirun."""
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)

@@ -1,0 +1,221 @@
+"""The Vision Transformer encoder and classifier, readable top to bottom in one file."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vit_mnist.errors import UserError
+
+POOLS = ("cls", "mean")
+STEMS = ("patch", "conv")
+
+
+def check_vit_shape(
+    image_size: int,
+    patch_size: int,
+    hidden_dim: int,
+    heads: int,
+    pool: str = "cls",
+    stem: str = "patch",
+    depth: int = 1,
+    mlp_dim: int = 1,
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
+) -> None:
+    """Raise a `UserError` naming the config keys when the ViT shape cannot be built."""
+    problems = []
+    for key, value in (("patch_size", patch_size), ("hidden_dim", hidden_dim), ("heads", heads),
+                       ("depth", depth), ("mlp_dim", mlp_dim), ("image_size", image_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"model.{key}={value!r} must be a positive integer")
+    if problems:
+        raise UserError("Invalid model configuration: " + "; ".join(problems) + ".")
+    if image_size % patch_size:
+        divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+        raise UserError(
+            f"model.patch_size={patch_size} does not divide model.image_size={image_size}: "
+            f"the image must split into whole patches. Choose a patch size from {divisors}, "
+            f"e.g. `model.patch_size=7`."
+        )
+    if hidden_dim % heads:
+        options = [h for h in range(1, min(hidden_dim, 32) + 1) if hidden_dim % h == 0]
+        raise UserError(
+            f"model.hidden_dim={hidden_dim} is not divisible by model.heads={heads}: each attention "
+            f"head gets hidden_dim / heads channels. Pick heads from {options} for this hidden size, "
+            f"or a hidden size that is a multiple of {heads} (e.g. model.hidden_dim={heads * max(1, round(hidden_dim / heads))})."
+        )
+    if pool not in POOLS:
+        raise UserError(f"model.pool={pool!r} is not one of {list(POOLS)}.")
+    if stem not in STEMS:
+        raise UserError(f"model.stem={stem!r} is not one of {list(STEMS)}.")
+    for key, value in (("dropout", dropout), ("drop_path", drop_path)):
+        if not 0.0 <= float(value) < 1.0:
+            raise UserError(f"model.{key}={value!r} must be in [0, 1).")
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into non-overlapping patches and project each to `hidden_dim`."""
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, hidden_dim: int, stem: str = "patch"):
+        super().__init__()
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        if stem == "conv":
+            # A small conv stem (Xiao et al., 2021) gives local features before patching; same output grid.
+            width = hidden_dim // 2
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.GELU(),
+            )
+            self.proj = nn.Conv2d(width, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            self.stem = nn.Identity()
+            self.proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.stem(x))  # (B, D, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; `scaled_dot_product_attention` unless the weights are asked for."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = None
+        if return_weights:
+            # The explicit path, used only for inspection (attention maps); same maths as SDPA.
+            weights = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)
+            x = weights @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, D)
+        return self.proj_drop(self.proj(x)), weights
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward network with GELU."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample during training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_dim, dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attn(self.norm1(x), return_weights)
+        x = x + self.drop_path(attn_out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier: patch embedding, CLS token, learned positions, pre-norm blocks, LayerNorm, linear head."""
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        patch_size: int = 7,
+        hidden_dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_dim: int = 512,
+        dropout: float = 0.0,
+        pool: str = "cls",
+        drop_path: float = 0.0,
+        stem: str = "patch",
+    ):
+        super().__init__()
+        check_vit_shape(image_size, patch_size, hidden_dim, heads, pool, stem, depth, mlp_dim, dropout, drop_path)
+        self.pool = pool
+        self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim, stem)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, hidden_dim))
+        self.pos_drop = nn.Dropout(dropout)
+        rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks dropped more often
+        self.blocks = nn.ModuleList(Block(hidden_dim, heads, mlp_dim, dropout, r) for r in rates)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.head = nn.Linear(hidden_dim, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor, return_attention: bool = False):
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, return_attention)
+            attentions.append(weights)
+        x = self.norm(x)
+        pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)
+        return pooled, attentions
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Logits of shape (B, num_classes); with `return_attention`, also each block's (B, heads, N, N) weights."""
+        pooled, attentions = self.forward_features(x, return_attention)
+        logits = self.head(pooled)
+        return (logits, attentions) if return_attention else logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

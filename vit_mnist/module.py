@@ -1,0 +1,159 @@
+"""The LightningModule: our ViT with its loss, optimiser, LR schedule and torchmetrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import hydra
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import ConfusionMatrix, MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+
+from vit_mnist.errors import UserError
+from vit_mnist.model import VisionTransformer, count_parameters
+
+# model.* keys that configure training around the network rather than the network itself.
+NON_NETWORK_KEYS = ("compile", "init_from", "_target_")
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def network_kwargs(model_cfg: dict) -> dict:
+    """The `VisionTransformer` arguments in a `model` config."""
+    return {k: v for k, v in model_cfg.items() if k not in NON_NETWORK_KEYS}
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to `min_ratio`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ViTClassifier(LightningModule):
+    """Image classification with `VisionTransformer`; every hyperparameter is saved in the checkpoint."""
+
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        label_smoothing: float = 0.0,
+        class_names: list[str] | None = None,
+        normalize: dict | None = None,
+        dataset: str = "mnist",
+    ):
+        super().__init__()
+        model, optimizer, scheduler = _plain(model), _plain(optimizer), _plain(scheduler)
+        self.save_hyperparameters(
+            {"model": model, "optimizer": optimizer, "scheduler": scheduler, "label_smoothing": label_smoothing,
+             "class_names": class_names, "normalize": normalize, "dataset": dataset}
+        )
+        self.net = VisionTransformer(**network_kwargs(model))
+        num_classes = int(model.get("num_classes", 10))
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+        def acc() -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes, average="micro")
+
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc, self.val_acc = acc(), acc()
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # survives in checkpoints so a resumed run keeps its best
+        self.test_metrics = MetricCollection(
+            {
+                "acc": acc(),
+                "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+                "precision": MulticlassPrecision(num_classes, average=None),
+                "recall": MulticlassRecall(num_classes, average=None),
+                "f1": MulticlassF1Score(num_classes, average=None),
+                "confusion_matrix": ConfusionMatrix(task="multiclass", num_classes=num_classes),
+            }
+        )
+        self.test_results: dict[str, torch.Tensor] = {}
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
+        return loss, logits, labels
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, logits, labels = self._step(batch)
+        self.train_loss(loss.detach())
+        self.train_acc(logits.detach(), labels)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.val_loss(loss)
+        self.val_acc(logits, labels)
+        self.val_f1(logits, labels)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/f1_macro", self.val_f1, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:  # the sanity check must not count as a best epoch
+            self.val_acc_best(self.val_acc.compute())
+        if self.val_acc_best.update_count:
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        loss, logits, labels = self._step(batch)
+        self.test_loss(loss)
+        self.test_metrics.update(logits, labels)
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_results = {}
+
+    def on_test_epoch_end(self) -> None:
+        results = self.test_metrics.compute()  # synced across ranks
+        self.test_metrics.reset()
+        self.log("test/acc", results["acc"], sync_dist=False)
+        self.log("test/f1_macro", results["f1_macro"], sync_dist=False)
+        self.test_results = {k: v.detach().cpu() for k, v in results.items()}
+
+    def configure_optimizers(self) -> Any:
+        cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.Adam", "lr": 3e-4})
+        weight_decay = float(cfg.get("weight_decay", 0.0) or 0.0)
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            if p.requires_grad:
+                # Norms, biases, position embedding and CLS token are not weight-decayed (standard for ViTs).
+                (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        try:
+            optimizer = hydra.utils.instantiate(cfg, params=groups, _convert_="all")
+        except Exception as e:  # instantiate wraps a bad key or value in its own exception
+            raise UserError(f"Cannot build the optimizer from optimizer={cfg}: {e}") from e
+        sched = dict(self.hparams.scheduler or {})
+        if sched.get("name", "none") == "none":
+            return optimizer
+        if sched["name"] != "warmup_cosine":
+            raise UserError(f"Unknown scheduler.name={sched['name']!r}: use `scheduler=none` or `scheduler=warmup_cosine`.")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(total * float(sched.get("warmup_fraction", 0.05))))
+        min_ratio = float(sched.get("min_lr_ratio", 0.0))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, warmup, min_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

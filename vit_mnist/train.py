@@ -1,0 +1,190 @@
+"""Hydra entry point: train the ViT, test the best checkpoint, write the run's metrics and reports."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from vit_mnist.callbacks import TrainThroughput
+from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
+from vit_mnist.errors import UserError, report
+from vit_mnist.module import ViTClassifier
+from vit_mnist.reports import tensorboard_writers, write_json, write_test_reports
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry with a `_target_` in a callbacks or logger group (None or empty gives [])."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def hparams_to_log(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
+    """The flat hyperparameters that the TensorBoard HParams tab compares runs by."""
+    params = {
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "max_epochs": cfg.trainer.max_epochs,
+        "batch_size": cfg.data.batch_size,
+        "label_smoothing": cfg.loss.label_smoothing,
+        "scheduler": cfg.scheduler.name,
+        "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
+        "num_parameters": num_parameters,
+    }
+    params.update({f"model/{k}": v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+                   if isinstance(v, (int, float, str, bool))})
+    params.update({f"optimizer/{k}": v for k, v in cfg.optimizer.items() if isinstance(v, (int, float))})
+    return params
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
+    """The datamodule and the LightningModule a config describes."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    module = ViTClassifier(
+        model=cfg.model,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        label_smoothing=cfg.loss.label_smoothing,
+        class_names=datamodule.class_names,
+        normalize={"mean": datamodule.mean, "std": datamodule.std},
+        dataset=cfg.data.name,
+    )
+    return datamodule, module
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test with the best checkpoint, write `metrics.json` and reports; return the metrics."""
+    validate(cfg)
+    started = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module = build(cfg)
+    throughput = TrainThroughput()
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = [c for c in instantiate_group(cfg.get("callbacks")) + [throughput]
+                 if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path} is not a file: give the path of a checkpoint to resume from, "
+                        "e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt.")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        raise SystemExit(130)  # Ctrl+C: Lightning already stopped cleanly
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_count else math.nan
+    metrics: dict[str, Any] = {"val/acc_best": val_best}
+    if cfg.get("test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        results = module.test_results
+        for key in ("precision", "recall", "f1"):
+            metrics[f"test/{key}_per_class"] = [round(float(x), 6) for x in results[key]]
+    metrics.update(
+        {
+            "num_parameters": module.num_parameters,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "train_images_per_s": round(throughput.images_per_second, 1),
+            "train_time_s": round(throughput.train_time, 2),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "best_checkpoint": best,
+            "device": str(trainer.strategy.root_device),
+        }
+    )
+    if trainer.is_global_zero:
+        finish_run(cfg, out_dir, module, metrics, trainer.loggers, trainer.global_step)
+    return metrics
+
+
+@rank_zero_only
+def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int) -> None:
+    """Rank zero: reports, metrics.json, TensorBoard hparams and a printed summary."""
+    if module.test_results:
+        write_test_reports(module.test_results, out_dir, module.class_names, loggers, step)
+    hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro") if k in metrics}
+    for logger in loggers:
+        if tensorboard_writers([logger]):
+            logger.log_hyperparams(hparams_to_log(cfg, module.num_parameters), hp_metrics)
+        logger.finalize("success")
+    write_json(out_dir / "metrics.json", metrics)
+    print_summary(metrics, out_dir)
+
+
+def print_summary(metrics: dict, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Run finished", caption=str(out_dir), show_header=False)
+    for key in ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "num_parameters", "epochs",
+                "train_images_per_s", "wall_time_s", "best_checkpoint"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) and key.startswith(("val", "test")) else str(value))
+    Console(stderr=False).print(table)
+
+
+def _remove_unfinished_run(out_dir: Path) -> None:
+    # A run that failed before training has nothing worth keeping; a folder with checkpoints is kept.
+    if out_dir.is_dir() and not (out_dir / "checkpoints").exists():
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@rank_zero_only
+def record_failure(out_dir: Path, error: BaseException) -> None:
+    """In a multirun, leave the job's reason for failing where the sweep report finds it."""
+    write_json(out_dir / "metrics.json", {"status": "failed", "error": " ".join(str(error).split())})
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    out_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    try:
+        metrics = train(cfg)
+    except UserError as e:
+        if multirun:  # one bad job must not end the sweep
+            log.error("job failed: %s", e)
+            record_failure(out_dir, e)
+            return math.nan
+        _remove_unfinished_run(out_dir)
+        report(e)
+    except Exception as e:
+        if not multirun:
+            raise
+        log.exception("job failed")
+        record_failure(out_dir, e)
+        return math.nan
+    return metrics["val/acc_best"]
+
+
+def main() -> None:
+    """Check the config before Hydra makes a folder, then run."""
+    try:
+        if not is_multirun():
+            precheck("train", sys.argv[1:])
+    except UserError as e:
+        report(e)
+    torch.set_float32_matmul_precision("high")
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

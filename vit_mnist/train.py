@@ -22,6 +22,7 @@ from vit_mnist.callbacks import TrainThroughput
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
 from vit_mnist.errors import UserError, report
 from vit_mnist.module import ViTClassifier
+from vit_mnist.sources import ensure_files, get_spec
 from vit_mnist.reports import tensorboard_writers, write_json, write_test_reports
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
     return datamodule, module
 
 
+def check_before_run(cfg: DictConfig) -> None:
+    """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed)."""
+    validate(cfg)
+    ensure_files(get_spec(cfg.data.name), cfg.paths.data_dir, download=cfg.data.download)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test with the best checkpoint, write `metrics.json` and reports; return the metrics."""
-    validate(cfg)
+    check_before_run(cfg)
     started = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -179,7 +186,7 @@ def main() -> None:
     """Check the config before Hydra makes a folder, then run."""
     try:
         if not is_multirun():
-            precheck("train", sys.argv[1:])
+            precheck("train", sys.argv[1:], check_before_run)
     except UserError as e:
         report(e)
     torch.set_float32_matmul_precision("high")

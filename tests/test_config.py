@@ -1,0 +1,76 @@
+"""Every option of every config group composes, and bad configs fail before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from vit_mnist.config import CONFIG_DIR, precheck, validate
+from vit_mnist.errors import UserError
+
+GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
+
+
+def _compose(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(group: str, option: str) -> None:
+    cfg = _compose([f"{group}={option}"])
+    validate(cfg)
+    assert cfg.model.image_size == 28 and cfg.data.name in ("mnist", "fashion_mnist")
+
+
+def test_groups_exist() -> None:
+    for group in GROUPS:
+        assert any((CONFIG_DIR / group).glob("*.yaml")), group
+
+
+def test_defaults_are_the_notes_model() -> None:
+    cfg = _compose([])
+    m = cfg.model
+    assert (m.image_size, m.in_channels, m.num_classes, m.patch_size, m.hidden_dim, m.depth, m.heads, m.mlp_dim) == (
+        28, 1, 10, 7, 128, 4, 4, 512
+    )
+    assert cfg.data.augment.hflip is False
+
+
+def test_seed_note_is_the_notes_recipe() -> None:
+    cfg = _compose(["experiment=seed_note"])
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 3e-4
+    assert cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 10
+    assert cfg.data.augment.hflip is True and cfg.data.augment.rotation > 0
+
+
+def test_data_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VIT_MNIST_DATA_DIR", str(tmp_path))
+    assert _compose([]).paths.data_dir == str(tmp_path)
+    monkeypatch.delenv("VIT_MNIST_DATA_DIR")
+    assert _compose([]).paths.data_dir == str(CONFIG_DIR.parent / "data")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["model.patch_size=5"], ["model.patch_size=5", "model.image_size=28"]),
+        (["model.hidden_dim=130", "model.heads=4"], ["model.hidden_dim=130", "model.heads=4"]),
+        (["data.name=kmnist"], ["data.name='kmnist'"]),
+    ],
+)
+def test_precheck_rejects_bad_configs(overrides: list[str], words: list[str]) -> None:
+    with pytest.raises(UserError) as error:
+        precheck("train", overrides)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_precheck_leaves_multirun_flags_and_good_configs_alone() -> None:
+    precheck("train", ["model.depth=2"])
+    precheck("train", ["--cfg", "job", "model.patch_size=5"])  # flags: Hydra's business

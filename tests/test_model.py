@@ -1,0 +1,81 @@
+"""The ViT encoder: output shapes, parameter count, attention paths and shape errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vit_mnist.errors import UserError
+from vit_mnist.model import VisionTransformer, count_parameters
+
+
+@pytest.mark.parametrize(("patch", "depth", "heads", "pool"), [(7, 4, 4, "cls"), (4, 2, 8, "mean"), (14, 1, 2, "cls"), (28, 3, 1, "mean")])
+def test_logits_shape(patch: int, depth: int, heads: int, pool: str) -> None:
+    model = VisionTransformer(patch_size=patch, depth=depth, heads=heads, hidden_dim=32, mlp_dim=64, pool=pool)
+    logits = model(torch.randn(5, 1, 28, 28))
+    assert logits.shape == (5, 10)
+    assert model.patch_embed.num_patches == (28 // patch) ** 2
+
+
+def expected_parameters(image: int, patch: int, channels: int, dim: int, depth: int, mlp: int, classes: int) -> int:
+    """Hand count: conv patch embedding, CLS, positions, per block 2 LNs + qkv + proj + MLP, final LN, head."""
+    tokens = (image // patch) ** 2 + 1
+    embed = channels * patch * patch * dim + dim
+    block = 2 * 2 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * mlp + mlp) + (mlp * dim + dim)
+    return embed + dim + tokens * dim + depth * block + 2 * dim + dim * classes + classes
+
+
+@pytest.mark.parametrize(("patch", "dim", "depth", "mlp"), [(7, 128, 4, 512), (4, 64, 6, 128), (14, 48, 2, 96)])
+def test_parameter_count(patch: int, dim: int, depth: int, mlp: int) -> None:
+    model = VisionTransformer(patch_size=patch, hidden_dim=dim, depth=depth, heads=4, mlp_dim=mlp)
+    assert count_parameters(model) == expected_parameters(28, patch, 1, dim, depth, mlp, 10)
+
+
+def test_note_model_size() -> None:
+    # The note's ViT: patch 7, hidden 128, 4 layers, MLP 512.
+    assert count_parameters(VisionTransformer()) == 803_338
+
+
+def test_attention_weights_path_matches_sdpa() -> None:
+    torch.manual_seed(0)
+    model = VisionTransformer(hidden_dim=32, depth=2, heads=4, mlp_dim=64).eval()
+    x = torch.randn(3, 1, 28, 28)
+    fast = model(x)
+    slow, attentions = model(x, return_attention=True)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert len(attentions) == 2
+    assert attentions[0].shape == (3, 4, 17, 17)
+    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(3, 4, 17))
+
+
+def test_conv_stem_keeps_token_grid() -> None:
+    model = VisionTransformer(hidden_dim=32, depth=1, heads=2, mlp_dim=64, patch_size=4, stem="conv")
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert model.patch_embed.num_patches == 49
+
+
+def test_drop_path_is_identity_in_eval() -> None:
+    torch.manual_seed(0)
+    model = VisionTransformer(hidden_dim=32, depth=3, heads=2, mlp_dim=64, drop_path=0.5)
+    x = torch.randn(4, 1, 28, 28)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"patch_size": 5}, ["model.patch_size=5", "model.image_size=28", "[1, 2, 4, 7, 14, 28]"]),
+        ({"hidden_dim": 130, "heads": 4}, ["model.hidden_dim=130", "model.heads=4"]),
+        ({"pool": "max"}, ["model.pool='max'"]),
+        ({"depth": 0}, ["model.depth=0"]),
+        ({"dropout": 1.5}, ["model.dropout=1.5"]),
+    ],
+)
+def test_shape_errors_name_the_keys(kwargs: dict, words: list[str]) -> None:
+    with pytest.raises(UserError) as error:
+        VisionTransformer(**kwargs)
+    for word in words:
+        assert word in str(error.value)

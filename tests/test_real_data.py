@@ -1,0 +1,58 @@
+"""Checks on the real datasets (marked slow): file facts and a brief training run on real MNIST."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import compose_config
+from vit_mnist.data import load_split
+from vit_mnist.train import train
+
+DATA_DIR = Path(os.environ.get("VIT_MNIST_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
+pytestmark = pytest.mark.slow
+
+
+def _need(folder: str) -> None:
+    if not (DATA_DIR / folder / "raw").is_dir():
+        pytest.skip(f"real data not found in {DATA_DIR / folder / 'raw'}; set VIT_MNIST_DATA_DIR")
+
+
+def test_mnist_files_have_the_official_label_counts() -> None:
+    _need("MNIST")
+    _, train_labels = load_split("mnist", str(DATA_DIR), "train", download=False)
+    _, test_labels = load_split("mnist", str(DATA_DIR), "test", download=False)
+    assert torch.bincount(train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_fashion_mnist_gz_files_are_balanced() -> None:
+    _need("FashionMNIST")
+    _, train_labels = load_split("fashion_mnist", str(DATA_DIR), "train", download=False)
+    _, test_labels = load_split("fashion_mnist", str(DATA_DIR), "test", download=False)
+    assert torch.bincount(train_labels).tolist() == [6000] * 10
+    assert torch.bincount(test_labels).tolist() == [1000] * 10
+
+
+def test_brief_training_on_real_mnist(tmp_path: Path) -> None:
+    _need("MNIST")
+    cfg = compose_config(
+        [
+            f"paths.data_dir={DATA_DIR}",
+            "data.download=false",
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=300",
+            "trainer.enable_progress_bar=false",
+            "callbacks.progress_bar=null",
+            "data.batch_size=128",
+            "optimizer=adamw",
+            "scheduler=warmup_cosine",
+        ],
+        tmp_path,
+    )
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.9, metrics

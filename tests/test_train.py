@@ -1,0 +1,136 @@
+"""End-to-end training on synthetic IDX data: learning, artifacts, TensorBoard, reload, resume, seeds, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, compose_config
+from vit_mnist.data import MNISTDataModule
+from vit_mnist.module import ViTClassifier
+from vit_mnist.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=4"], out)
+    return out, train(cfg)
+
+
+def test_training_learns_far_above_chance(trained: tuple[Path, dict]) -> None:
+    _, metrics = trained
+    assert metrics["test/acc"] > 0.6 and metrics["val/acc_best"] > 0.6  # chance is 0.1
+    assert metrics["epochs"] == 4
+
+
+def test_run_folder_artifacts(trained: tuple[Path, dict]) -> None:
+    out, metrics = trained
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
+    for key in ("test/loss", "test/f1_macro", "val/acc_best", "num_parameters", "epochs", "wall_time_s", "best_checkpoint"):
+        assert key in saved
+    assert Path(saved["best_checkpoint"]).is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    rows = (out / "confusion_matrix.csv").read_text().strip().splitlines()
+    assert len(rows) == 11
+    counts = [[int(v) for v in row.split(",")[1:]] for row in rows[1:]]
+    assert sum(map(sum, counts)) == 200  # every synthetic test image counted once
+    assert sum(counts[i][i] for i in range(10)) / 200 == pytest.approx(saved["test/acc"])
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_tensorboard_has_scalars_hparams_and_confusion_image(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/f1_macro"):
+        assert tag in scalars, tag
+    assert len(events.Scalars("val/acc")) == 4
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    plugins = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugins and "_hparams_/experiment" in plugins
+
+
+def test_checkpoint_reload_gives_identical_logits(trained: tuple[Path, dict], data_dir: Path) -> None:
+    out, metrics = trained
+    ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=False)
+    model = ViTClassifier.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu").eval()
+    again = ViTClassifier(**ckpt["hyper_parameters"]).eval()
+    again.load_state_dict(ckpt["state_dict"])
+    dm = MNISTDataModule(data_dir=str(data_dir), download=False)
+    dm.setup("test")
+    x = dm.transform(dm.test_set.images[:50])
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+        accuracy = (model(dm.transform(dm.test_set.images)).argmax(1) == dm.test_set.labels).float().mean()
+    assert accuracy.item() == pytest.approx(metrics["test/acc"])
+    assert model.hparams.class_names == [str(i) for i in range(10)] and model.hparams.normalize["std"] == 0.3081
+
+
+def test_resume_from_last_checkpoint_continues(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
+    out, first = trained
+    last = out / "checkpoints" / "last.ckpt"
+    cfg = compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=6", f"ckpt_path={last}"], tmp_path)
+    resumed = train(cfg)
+    assert resumed["epochs"] == 6
+    assert resumed["global_step"] == first["global_step"] * 6 // 4
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("val/acc")) == 2  # only the two new epochs ran
+
+
+def test_same_seed_same_validation_metrics(data_dir: Path, tmp_path: Path) -> None:
+    runs = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        cfg = compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", f"seed={seed}",
+                                     "logger=csv", "test=false"], tmp_path / name)
+        train(cfg)
+        runs.append((tmp_path / name / "csv" / "metrics.csv").read_text())
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def _cli(args: list[str], cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "vit_mnist.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_fast_dev_run_on_fashion(data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "fdr"
+    result = _cli(["debug=fdr", "data=fashion_mnist", "data.val_size=100", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                  env_extra={"VIT_MNIST_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["global_step"] == 1
+    assert not (run_dir / "tensorboard").exists() and not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["model.patch_size=5"], ["model.patch_size=5", "does not divide", "model.image_size=28"]),
+        (["model.hidden_dim=130", "model.heads=4"], ["model.hidden_dim=130", "model.heads=4"]),
+        (["data.download=false"], ["MNIST/raw", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "VIT_MNIST_DATA_DIR"]),
+    ],
+)
+def test_cli_user_errors_are_one_paragraph(args: list[str], words: list[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_dir = tmp_path / "run"
+    result = _cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env_extra={"VIT_MNIST_DATA_DIR": str(empty)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+    for word in words:
+        assert word in result.stderr.replace("\n", " ")
+    assert not run_dir.exists()  # nothing written half-way

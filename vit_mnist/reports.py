@@ -1,105 +1,181 @@
-"""Files and TensorBoard entries made from test results: metrics.json, confusion matrix PNG and CSV."""
+"""Test reports: the classification report, its files (Markdown, JSON, CSV, PNG) and its TensorBoard entries."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import matplotlib
+import torch
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_calibration_error,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from vit_mnist.figures import (
+    attention_figure,
+    calibration_figure,
+    confusion_figure,
+    figure_to_array,
+    misclassified_figure,
+    save_figure,
+)
+from vit_mnist.samples import CALIBRATION_BINS
+
+_UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
+os.umask(_UMASK)  # ... and put it back
+
+REPORT_FILES = ("classification_report.md", "classification_report.json", "confusion_matrix.png",
+                "confusion_matrix.csv", "misclassified.png", "calibration.png", "attention.png")
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write text to `path` through a temporary file, so a crash never leaves it half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_confusion_csv(path: Path, matrix: torch.Tensor, class_names: list[str]) -> None:
-    """Rows are true classes, columns predicted classes, as counts."""
-    rows = [["true\\pred", *class_names]]
-    rows += [[name, *map(int, row)] for name, row in zip(class_names, matrix.tolist())]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+def build_report(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str],
+                 n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """The classification report of predicted class probabilities (N, K) against labels (N,), via torchmetrics:
+    per-class precision, recall, F1 and support; their macro and weighted averages; accuracy; calibration error."""
+    k = len(class_names)
+    if probs.ndim != 2 or probs.shape[1] != k or len(probs) != len(targets) or len(targets) == 0:
+        raise ValueError(f"need probs (N, {k}) and targets (N,) with N > 0, got {tuple(probs.shape)} and "
+                         f"{tuple(targets.shape)}")
+    probs, targets = probs.float(), targets.long()
+    scores = {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score}
+    per_class = {name: fn(probs, targets, k, average=None).tolist() for name, fn in scores.items()}
+    support = torch.bincount(targets, minlength=k).tolist()
+    report: dict[str, Any] = {
+        "num_samples": len(targets),
+        "accuracy": float(multiclass_accuracy(probs, targets, k, average="micro")),
+        "ece": float(multiclass_calibration_error(probs, targets, k, n_bins=n_bins, norm="l1")),
+        "calibration_bins": n_bins,
+        "classes": {name: {**{s: round(per_class[s][i], 6) for s in scores}, "support": support[i]}
+                    for i, name in enumerate(class_names)},
+    }
+    for average in ("macro", "weighted"):
+        report[f"{average} avg"] = {
+            **{s: round(float(fn(probs, targets, k, average=average)), 6) for s, fn in scores.items()},
+            "support": len(targets),
+        }
+    report["confusion_matrix"] = multiclass_confusion_matrix(probs, targets, k).tolist()
+    return report
 
 
-def confusion_figure(matrix: torch.Tensor, class_names: list[str], title: str = "Confusion matrix") -> plt.Figure:
-    """Two panels: counts, and rows normalised to recall per true class."""
-    counts = matrix.numpy().astype(np.int64)
-    normalised = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
-    n = len(class_names)
-    size = max(5.0, 0.55 * n)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size), constrained_layout=True)
-    for ax, data, fmt, label in ((axes[0], counts, "d", "count"), (axes[1], normalised, ".2f", "fraction of true class")):
-        im = ax.imshow(data, cmap="Blues")
-        ax.set_xticks(range(n), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right")
-        ax.set_yticks(range(n), class_names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title} ({label})")
-        threshold = data.max() / 2 if data.size else 0
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
-                        color="white" if data[i, j] > threshold else "black")
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    return fig
+def _report_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    rows = [(name, *(f"{v[s]:.4f}" for s in ("precision", "recall", "f1")), str(v["support"]))
+            for name, v in report["classes"].items()]
+    for average in ("macro avg", "weighted avg"):
+        v = report[average]
+        rows.append((average, *(f"{v[s]:.4f}" for s in ("precision", "recall", "f1")), str(v["support"])))
+    return rows
 
 
-def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> None:
-    """Save a figure through a temporary file and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+def report_markdown(report: dict[str, Any], title: str = "Classification report") -> str:
+    """The report as a Markdown table (for the .md file and TensorBoard's text tab)."""
+    lines = [f"# {title}", "", "| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {' | '.join(row)} |" for row in _report_rows(report)]
+    lines += ["", f"- accuracy: {report['accuracy']:.4f} ({report['num_samples']} images)",
+              f"- expected calibration error: {report['ece']:.4f} ({report['calibration_bins']} bins)", ""]
+    return "\n".join(lines)
 
 
-def figure_to_array(path: Path) -> np.ndarray:
-    """Read a saved PNG back as an (H, W, 3) uint8 array for TensorBoard."""
-    image = plt.imread(path)
-    if image.dtype != np.uint8:
-        image = (image * 255).round().astype(np.uint8)
-    return image[..., :3]
+def print_report(report: dict[str, Any], title: str = "Classification report") -> None:
+    """The report as a rich table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, caption=f"accuracy {report['accuracy']:.4f} on {report['num_samples']} images, "
+                                       f"ECE {report['ece']:.4f}")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    rows = _report_rows(report)
+    for i, row in enumerate(rows):
+        table.add_row(*row, end_section=i == len(rows) - 3)
+    Console().print(table)
 
 
-def tensorboard_writers(loggers: list[Any]) -> list[Any]:
+def summary_metrics(callback_metrics: dict[str, Any], results: dict[str, torch.Tensor], prefix: str = "test") -> dict[str, Any]:
+    """The `<prefix>/...` entries of metrics.json: the logged scalars and the per-class scores."""
+    metrics: dict[str, Any] = {k: float(v) for k, v in callback_metrics.items() if k.startswith(f"{prefix}/")}
+    for key in ("precision", "recall", "f1"):
+        metrics[f"{prefix}/{key}_per_class"] = [round(float(x), 6) for x in results[key]]
+    return metrics
+
+
+def tensorboard_writers(loggers: Sequence[Any]) -> list[Any]:
     """The SummaryWriters of any TensorBoard loggers in the list."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     return [lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)]
 
 
+def write_confusion_csv(path: Path, matrix: torch.Tensor, class_names: list[str]) -> None:
+    """Rows are true classes, columns predicted classes, as counts."""
+    rows = [["true\\pred", *class_names]]
+    rows += [[name, *map(int, row)] for name, row in zip(class_names, matrix.tolist())]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
 def write_test_reports(
     results: dict[str, torch.Tensor],
     out_dir: str | Path,
     class_names: list[str],
-    loggers: list[Any] = (),
+    loggers: Sequence[Any] = (),
     step: int = 0,
+    split: str = "test",
 ) -> dict[str, Path]:
-    """Write the confusion matrix (PNG, CSV) into `out_dir` and log it to TensorBoard; return the paths."""
+    """Write every report file into `out_dir`, log the images and the report to TensorBoard under `<split>/`,
+    print the report; return the files' paths. Used by both the training run's test stage and evaluate."""
     out_dir = Path(out_dir)
-    matrix = results["confusion_matrix"]
-    paths = {"confusion_matrix_png": out_dir / "confusion_matrix.png", "confusion_matrix_csv": out_dir / "confusion_matrix.csv"}
+    paths = {name.replace(".", "_"): out_dir / name for name in REPORT_FILES}
+    probs, targets = results["probs"], results["targets"]
+    report = {"split": split, **build_report(probs, targets, class_names)}
+    title = f"Classification report ({split} split)"
+    markdown = report_markdown(report, title)
+    write_json(paths["classification_report_json"], report)
+    write_atomic(paths["classification_report_md"], markdown)
+
+    matrix = torch.tensor(report["confusion_matrix"])
     write_confusion_csv(paths["confusion_matrix_csv"], matrix, class_names)
     save_figure(confusion_figure(matrix, class_names), paths["confusion_matrix_png"])
+    empty = torch.empty(0)
+    save_figure(misclassified_figure(results.get("wrong_images", empty), results.get("wrong_targets", empty),
+                                     results.get("wrong_preds", empty), results.get("wrong_confidence", empty),
+                                     class_names), paths["misclassified_png"])
+    save_figure(calibration_figure(probs, targets, report["ece"], report["calibration_bins"]), paths["calibration_png"])
+    save_figure(attention_figure(results.get("example_images", empty), results.get("example_maps", empty),
+                                 results.get("example_targets", empty), results.get("example_preds", empty),
+                                 class_names), paths["attention_png"])
+
     for writer in tensorboard_writers(list(loggers)):
-        writer.add_image("test/confusion_matrix", figure_to_array(paths["confusion_matrix_png"]), step, dataformats="HWC")
+        for name in ("confusion_matrix", "misclassified", "calibration", "attention"):
+            writer.add_image(f"{split}/{name}", figure_to_array(paths[f"{name}_png"]), step, dataformats="HWC")
+        writer.add_text(f"{split}/classification_report", markdown, step)
         writer.flush()
+    print_report(report, title)
     return paths

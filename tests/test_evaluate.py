@@ -1,0 +1,181 @@
+"""`python -m vit_mnist.evaluate` on synthetic IDX data: reproduces training's numbers, writes every report, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, compose_config
+from vit_mnist.data import load_split
+from vit_mnist.errors import UserError
+from vit_mnist.evaluate import evaluate, with_checkpoint_dataset
+from vit_mnist.module import ViTClassifier
+from vit_mnist.reports import REPORT_FILES
+from vit_mnist.sources import get_spec
+from vit_mnist.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# The evaluation side of TINY: same test batches as the training run, quiet, CPU.
+EVAL = ["data.eval_batch_size=100", "data.download=false", "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("train")
+    return out, train(compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=2"], out))
+
+
+def eval_config(data_dir: Path, out: Path, ckpt: Path | str, *overrides: str):
+    return compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", *EVAL, *overrides], out, "evaluate")
+
+
+def untrained_checkpoint(path: Path, dataset: str, num_classes: int = 10) -> Path:
+    """A checkpoint as training writes it, of an untrained tiny model for `dataset`, made in milliseconds."""
+    spec = get_spec(dataset)
+    model = {"image_size": 28, "in_channels": 1, "num_classes": num_classes, "patch_size": 7, "hidden_dim": 32,
+             "depth": 1, "heads": 2, "mlp_dim": 64}
+    module = ViTClassifier(model=model, class_names=list(spec.classes)[:num_classes],
+                           normalize={"mean": spec.mean, "std": spec.std}, dataset=dataset)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
+                "global_step": 0, "pytorch-lightning_version": lightning.__version__}, path)
+    return path
+
+
+def test_evaluate_reproduces_the_training_run(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
+    train_dir, train_metrics = trained
+    metrics = evaluate(eval_config(data_dir, tmp_path, train_metrics["best_checkpoint"]))
+    test_keys = sorted(k for k in train_metrics if k.startswith("test/"))
+    assert {"test/acc", "test/f1_macro", "test/loss", "test/ece", "test/f1_per_class"} <= set(test_keys)
+    assert sorted(k for k in metrics if k.startswith("test/")) == test_keys
+    for key in test_keys:
+        assert metrics[key] == train_metrics[key], key  # exactly: same checkpoint, same data, same batches
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+    # One code path: the training run's test stage wrote the same reports from the same numbers.
+    for folder in (tmp_path, train_dir):
+        for name in REPORT_FILES:
+            assert (folder / name).is_file(), (folder, name)
+            if name.endswith(".png"):
+                image = plt.imread(folder / name)
+                assert image.ndim == 3 and min(image.shape[:2]) >= 200, name
+    report = json.loads((tmp_path / "classification_report.json").read_text())
+    assert report == json.loads((train_dir / "classification_report.json").read_text())
+
+    # Accuracy computed independently: run the checkpoint on the raw test images and count.
+    module = ViTClassifier.load_from_checkpoint(train_metrics["best_checkpoint"], map_location="cpu").eval()
+    images, labels = load_split("mnist", str(data_dir), "test", download=False)
+    spec = get_spec("mnist")
+    with torch.no_grad():
+        preds = module((images.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
+    correct = int((preds == labels).sum())
+    assert report["accuracy"] == pytest.approx(correct / len(labels), abs=1e-6)
+    assert metrics["test/acc"] == pytest.approx(correct / len(labels), abs=1e-6)
+    assert report["num_samples"] == metrics["num_samples"] == len(labels) == 200
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    events.Reload()
+    assert {"test/acc", "test/ece", "test/f1_macro"} <= set(events.Tags()["scalars"])
+    assert {f"test/{n}" for n in ("confusion_matrix", "misclassified", "calibration", "attention")} <= set(
+        events.Tags()["images"])
+    assert "test/classification_report/text_summary" in events.Tags()["tensors"]
+
+
+def test_val_split_reproduces_the_best_validation_accuracy(trained: tuple[Path, dict], data_dir: Path,
+                                                           tmp_path: Path) -> None:
+    _, train_metrics = trained
+    # The config's data.val_size is 5000; the checkpoint's own split (val_size=100) must be used instead.
+    metrics = evaluate(eval_config(data_dir, tmp_path, train_metrics["best_checkpoint"], "split=val"))
+    assert metrics["val/acc"] == train_metrics["val/acc_best"]
+    assert metrics["num_samples"] == 100 and not any(k.startswith("test/") for k in metrics)
+    assert json.loads((tmp_path / "classification_report.json").read_text())["split"] == "val"
+
+
+def bad_checkpoints(tmp_path: Path, best: Path) -> dict[str, tuple[str, list[str], str]]:
+    """name -> (ckpt_path, extra overrides, part of the message)."""
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    tensors = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(3)}, tensors)
+    return {
+        "missing": (str(tmp_path / "nope.ckpt"), [], "does not exist"),
+        "folder": (str(tmp_path), [], "is a folder"),
+        "truncated": (str(truncated), [], "truncated, corrupt or not a checkpoint"),
+        "text": (str(text), [], "truncated, corrupt or not a checkpoint"),
+        "not_ours": (str(tensors), [], "not a vit-mnist training checkpoint"),
+        "other_dataset": (str(best), ["data=fashion_mnist"], "was trained on mnist, but data=fashion_mnist"),
+        "five_classes": (str(untrained_checkpoint(tmp_path / "five.ckpt", "mnist", 5)), [], "model for 5 classes"),
+        "bad_split": (str(best), ["split=train"], "split='train'"),
+        "two_devices": (str(best), ["trainer.devices=2"], "runs on one device"),
+    }
+
+
+def test_bad_input_gives_its_message_and_writes_nothing(trained: tuple[Path, dict], data_dir: Path,
+                                                        tmp_path: Path) -> None:
+    best = Path(trained[1]["best_checkpoint"])
+    files = tmp_path / "files"
+    files.mkdir()
+    for name, (ckpt, overrides, message) in bad_checkpoints(files, best).items():
+        out = tmp_path / name
+        with pytest.raises(UserError, match=re.escape(message)):
+            evaluate(eval_config(data_dir, out, ckpt, *overrides))
+        assert not any(out.iterdir()), name
+    with pytest.raises(UserError, match="No checkpoint to evaluate"):
+        evaluate(compose_config([f"paths.data_dir={data_dir}"], tmp_path / "none", "evaluate"))
+
+
+def test_dataset_defaults_to_the_checkpoints(tmp_path: Path) -> None:
+    ckpt = untrained_checkpoint(tmp_path / "f.ckpt", "fashion_mnist")
+    assert with_checkpoint_dataset([f"ckpt_path={ckpt}", "split=val"]) == [f"ckpt_path={ckpt}", "split=val",
+                                                                            "data=fashion_mnist"]
+    assert with_checkpoint_dataset([f"ckpt_path={ckpt}", "data=mnist"]) == [f"ckpt_path={ckpt}", "data=mnist"]
+    assert with_checkpoint_dataset([f"ckpt_path={tmp_path}/missing.ckpt"]) == [f"ckpt_path={tmp_path}/missing.ckpt"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "vit_mnist.evaluate", *args, *EVAL], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_mismatched_dataset_stops_before_making_a_folder(trained: tuple[Path, dict], data_dir: Path,
+                                                             tmp_path: Path) -> None:
+    run_dir = tmp_path / "eval"
+    result = run_cli(f"ckpt_path={trained[1]['best_checkpoint']}", "data=fashion_mnist",
+                     f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "error: ckpt_path=" in result.stderr and "was trained on mnist" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not run_dir.exists()
+
+
+def test_cli_failure_inside_the_run_removes_its_folder(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    run_dir = tmp_path / "eval"
+    result = run_cli(f"ckpt_path={trained[1]['best_checkpoint']}", f"paths.data_dir={tmp_path / 'empty'}",
+                     f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert "The mnist dataset is missing" in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert not run_dir.exists()
+
+
+def test_cli_evaluates_on_the_checkpoints_dataset(data_dir: Path, tmp_path: Path) -> None:
+    ckpt = untrained_checkpoint(tmp_path / "fashion.ckpt", "fashion_mnist")
+    run_dir = tmp_path / "eval"
+    result = run_cli(f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "fashion_mnist" and metrics["num_samples"] == 200
+    assert all((run_dir / name).is_file() for name in REPORT_FILES)
+    assert "weighted avg" in result.stdout and "Ankle boot" in result.stdout  # the printed table

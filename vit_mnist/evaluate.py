@@ -1,0 +1,215 @@
+"""Hydra entry point: evaluate a checkpoint on the test (or val) split and write its reports into a run folder."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vit_mnist.config import CONFIG_DIR, is_multirun, precheck
+from vit_mnist.errors import UserError, report
+from vit_mnist.module import ViTClassifier
+from vit_mnist.reports import summary_metrics, write_json, write_test_reports
+from vit_mnist.sources import get_spec
+from vit_mnist.train import instantiate_group
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val")
+HOW = ("Give the path of a checkpoint written by `python -m vit_mnist.train`, "
+       "e.g. ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt.")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A vit-mnist training checkpoint's contents, loaded onto the CPU; a `UserError` for anything else."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise UserError(f"ckpt_path={path} does not exist. {HOW}")
+    if not file.is_file():
+        raise UserError(f"ckpt_path={path} is a folder, not a checkpoint file. {HOW}")
+    try:
+        # weights_only: plain tensors and containers only, so a stray file cannot run code when loaded.
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and weights-only errors all mean the same to the user
+        with open(file, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # torch.save writes zip archives
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = (re.split(r"(?<=\.)\s", first_line)[0].rstrip(".")[:160] if is_zip  # its first sentence
+                  else "it is not the zip archive that torch.save writes")
+        raise UserError(
+            f"ckpt_path={path} cannot be read as a PyTorch checkpoint ({reason}): the file is truncated, "
+            f"corrupt or not a checkpoint. If training was still writing it, wait for it to finish. {HOW}"
+        ) from e
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not (isinstance(hparams, dict) and isinstance(hparams.get("model"), dict) and "state_dict" in ckpt):
+        raise UserError(
+            f"ckpt_path={path} is a PyTorch file but not a vit-mnist training checkpoint: it lacks the model "
+            f"hyperparameters and weights that training saves. {HOW}"
+        )
+    return ckpt
+
+
+def check_matches_data(ckpt: dict[str, Any], data_name: str, path: str) -> None:
+    """`UserError` unless the checkpoint was trained on dataset `data_name` (same classes and image size)."""
+    spec = get_spec(data_name)
+    hparams = ckpt["hyper_parameters"]
+    trained_on = hparams.get("dataset")
+    if trained_on and trained_on != spec.name:
+        raise UserError(
+            f"ckpt_path={path} was trained on {trained_on}, but data={spec.name} was chosen: a model can only be "
+            f"evaluated on the dataset it learned, whose classes its outputs stand for. Leave out `data=` to "
+            f"evaluate on the checkpoint's own dataset (data={trained_on})."
+        )
+    model = hparams["model"]
+    shape = (model.get("num_classes"), model.get("image_size"), model.get("in_channels", 1))
+    names = hparams.get("class_names")
+    if shape != (len(spec.classes), spec.image_size, 1) or (names and list(names) != list(spec.classes)):
+        raise UserError(
+            f"ckpt_path={path} holds a model for {shape[0]} classes {names or ''} of {shape[1]}x{shape[1]} images "
+            f"with {shape[2]} channel(s), but data={spec.name} has the {len(spec.classes)} classes "
+            f"{list(spec.classes)} of {spec.image_size}x{spec.image_size} images with 1 channel. Evaluate the "
+            f"checkpoint on the dataset it was trained on."
+        )
+
+
+def _one_device(devices: Any) -> bool:
+    if isinstance(devices, (list, tuple, ListConfig)):
+        return len(devices) == 1
+    return str(devices) == "1"
+
+
+def check_config(cfg: DictConfig) -> dict[str, Any]:
+    """Check an evaluate config and its checkpoint before any work; return the checkpoint's contents."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise UserError(f"No checkpoint to evaluate: add ckpt_path=... to the command. {HOW}")
+    if cfg.split not in SPLITS:
+        raise UserError(f"split={cfg.split!r} is not a split to evaluate on: use split=test (the official test set) "
+                        "or split=val (the checkpoint's validation split).")
+    if not _one_device(cfg.trainer.get("devices", 1)) or int(cfg.trainer.get("num_nodes", 1)) != 1:
+        raise UserError(
+            f"trainer.devices={cfg.trainer.get('devices')} and trainer.num_nodes={cfg.trainer.get('num_nodes')}: "
+            "evaluate runs on one device, so that each image is counted exactly once. Use trainer.devices=1 "
+            "trainer.num_nodes=1 (e.g. trainer=default, trainer=cpu or trainer=gpu)."
+        )
+    ckpt = read_checkpoint(cfg.ckpt_path)
+    check_matches_data(ckpt, cfg.data.name, cfg.ckpt_path)
+    return ckpt
+
+
+def with_checkpoint_dataset(argv: list[str]) -> list[str]:
+    """The command line, plus `data=<the checkpoint's dataset>` when it names no dataset itself."""
+    if any(re.match(r"[+~]*data=", arg) for arg in argv):
+        return argv
+    path = next((arg.split("=", 1)[1] for arg in reversed(argv) if re.match(r"\+?ckpt_path=", arg)), None)
+    try:
+        dataset = read_checkpoint(path)["hyper_parameters"].get("dataset") if path else None
+    except UserError:
+        return argv  # the check that follows reports it
+    return [*argv, f"data={dataset}"] if dataset else argv
+
+
+def use_val_split(datamodule: L.LightningDataModule, ckpt: dict[str, Any]) -> None:
+    """Make the datamodule's test split the checkpoint's validation split (its val_size and split_seed)."""
+    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    for key in ("val_size", "split_seed"):
+        if key in saved and saved[key] != datamodule.hparams[key]:
+            log.info("split=val: data.%s=%s from the checkpoint (config has %s)", key, saved[key], datamodule.hparams[key])
+            datamodule.hparams[key] = saved[key]
+    datamodule.setup("fit")
+    if not len(datamodule.val_set):
+        raise UserError("split=val, but this checkpoint was trained with data.val_size=0: it has no validation "
+                        "split. Evaluate it on the test split (split=test).")
+    datamodule.test_set = datamodule.val_set  # setup("test") keeps a test set that is already there
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test the checkpoint `cfg.ckpt_path` on `cfg.split`; write the reports and metrics.json; return the metrics."""
+    started = time.perf_counter()
+    ckpt = check_config(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    split = cfg.split
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()  # missing data files fail here, before anything is written
+    if split == "val":
+        use_val_split(datamodule, ckpt)
+    # A GPU checkpoint loads onto the CPU; the trainer then moves it to whatever device it runs on.
+    module = ViTClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    module.eval_prefix = split
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[],
+                                                 enable_checkpointing=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+
+    results = module.test_results
+    metrics = summary_metrics(trainer.callback_metrics, results, split)
+    metrics.update(
+        {
+            "split": split,
+            "dataset": cfg.data.name,
+            "num_samples": len(results["targets"]),
+            "ckpt_path": str(Path(cfg.ckpt_path).expanduser().resolve()),
+            "checkpoint_epoch": ckpt.get("epoch"),
+            "checkpoint_global_step": ckpt.get("global_step"),
+            "device": str(trainer.strategy.root_device),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+        }
+    )
+    # Logged at the checkpoint's training step, so TensorBoard lines the evaluation up with the training curves.
+    write_test_reports(results, out_dir, module.class_names, trainer.loggers, int(ckpt.get("global_step") or 0), split)
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    write_json(out_dir / "metrics.json", metrics)
+    print(f"{split}/acc {metrics[f'{split}/acc']:.4f}  {split}/ece {metrics[f'{split}/ece']:.4f}  "
+          f"reports in {out_dir}")
+    return metrics
+
+
+def _only_hydra_files(out_dir: Path, task_name: str) -> bool:
+    # A run folder holding only what Hydra put there is ours to remove; anything else was there before.
+    return out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {".hydra", f"{task_name}.log"}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+def hydra_main(cfg: DictConfig) -> float | None:
+    out_dir = Path(cfg.paths.output_dir)
+    removable = _only_hydra_files(out_dir, cfg.task_name)
+    try:
+        metrics = evaluate(cfg)
+    except UserError as e:
+        if HydraConfig.get().mode.name == "MULTIRUN":  # one bad job must not end the sweep
+            log.error("job failed: %s", e)
+            write_json(out_dir / "metrics.json", {"status": "failed", "error": " ".join(str(e).split())})
+            return math.nan
+        if removable:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        report(e)
+    return metrics[f"{cfg.split}/acc"]
+
+
+def main() -> None:
+    """Check the checkpoint and config before Hydra makes a folder, then run."""
+    argv = sys.argv[1:]
+    try:
+        if not is_multirun(argv):
+            argv = with_checkpoint_dataset(argv)
+            precheck("evaluate", argv, check_config)
+    except UserError as e:
+        report(e)
+    sys.argv = [sys.argv[0], *argv]
+    torch.set_float32_matmul_precision("high")  # as in training, so the numbers agree
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

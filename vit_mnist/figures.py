@@ -1,0 +1,153 @@
+"""Matplotlib figures of test results: confusion matrix, misclassified images, reliability diagram, attention maps."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> None:
+    """Save a figure through a temporary file and close it, so a crash never leaves half a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", pad_inches=0.15)  # nothing cut off at the edges
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def figure_to_array(path: Path) -> np.ndarray:
+    """Read a saved PNG back as an (H, W, 3) uint8 array for TensorBoard."""
+    image = plt.imread(path)
+    if image.dtype != np.uint8:
+        image = (image * 255).round().astype(np.uint8)
+    return image[..., :3]
+
+
+def _short(name: str, width: int = 9) -> str:
+    return name if len(name) <= width else name[: width - 1] + "."
+
+
+def confusion_figure(matrix: torch.Tensor, class_names: list[str], title: str = "Confusion matrix") -> plt.Figure:
+    """Two panels: counts, and rows normalised to recall per true class."""
+    counts = matrix.numpy().astype(np.int64)
+    normalised = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    n = len(class_names)
+    size = max(5.0, 0.55 * n)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1.5, size), constrained_layout=True)
+    for ax, data, fmt, label in ((axes[0], counts, "d", "count"), (axes[1], normalised, ".2f", "fraction of true class")):
+        im = ax.imshow(data, cmap="Blues")
+        ax.set_xticks(range(n), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right")
+        ax.set_yticks(range(n), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title} ({label})")
+        threshold = data.max() / 2 if data.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=7,
+                        color="white" if data[i, j] > threshold else "black")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def _empty_figure(text: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return fig
+
+
+def misclassified_figure(
+    images: torch.Tensor, targets: torch.Tensor, preds: torch.Tensor, confidence: torch.Tensor,
+    class_names: list[str], cols: int = 8,
+) -> plt.Figure:
+    """A grid of wrongly classified images (pixels in [0, 1]), each titled true -> predicted (confidence)."""
+    if len(images) == 0:
+        return _empty_figure("No misclassified images: every image was classified correctly.")
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.65 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, t, p, c in zip(axes.flat, images, targets.tolist(), preds.tolist(), confidence.tolist()):
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+        ax.set_title(f"true {_short(class_names[t])}\npred {_short(class_names[p])} {c:.2f}", fontsize=7.5,
+                     color="firebrick")
+    fig.suptitle(f"The {len(images)} most confidently wrong predictions (true, predicted, confidence)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Per equal-width confidence bin: mean confidence, accuracy and count (NaN where a bin is empty)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Bins are [lo, hi) as in torchmetrics' calibration error; a confidence of exactly 1 joins the last bin.
+    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / counts
+        accuracy = np.bincount(index, weights=correct.astype(float), minlength=n_bins) / counts
+    return edges, mean_conf, accuracy, counts
+
+
+def calibration_figure(probs: torch.Tensor, targets: torch.Tensor, ece: float, n_bins: int = 15) -> plt.Figure:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with the confidence histogram."""
+    confidence, preds = probs.max(dim=1)
+    correct = (preds == targets).numpy()
+    edges, mean_conf, accuracy, counts = reliability_bins(confidence.numpy().astype(np.float64), correct, n_bins)
+    width = edges[1] - edges[0]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=[3, 1],
+                                      constrained_layout=True)
+    filled = counts > 0
+    top.bar(edges[:-1][filled], accuracy[filled], width=width, align="edge", color="tab:blue", edgecolor="black",
+            label="accuracy")
+    top.bar(edges[:-1][filled], (mean_conf - accuracy)[filled], bottom=accuracy[filled], width=width, align="edge",
+            color="tab:red", alpha=0.35, edgecolor="tab:red", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(f"Reliability diagram (ECE {ece:.4f}, {n_bins} bins)")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(edges[:-1], counts, width=width, align="edge", color="gray", edgecolor="black")
+    bottom.set_yscale("log")  # a good model puts most images in the top bin
+    bottom.set_xlabel("confidence (top-class probability)")
+    bottom.set_ylabel("images")
+    bottom.set_xlim(0, 1)
+    return fig
+
+
+def attention_figure(
+    images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, preds: torch.Tensor, class_names: list[str],
+) -> plt.Figure:
+    """Each image above its attention rollout map laid over it."""
+    if len(images) == 0:
+        return _empty_figure("No images to show.")
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.6), squeeze=False)
+    height, width = images.shape[-2:]
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # one block per patch, stretched over its pixels
+    for i in range(n):
+        image = images[i, 0].numpy()
+        top, bottom = axes[0, i], axes[1, i]
+        top.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+        colour = "black" if int(targets[i]) == int(preds[i]) else "firebrick"
+        top.set_title(f"true {_short(class_names[int(targets[i])])}\npred {_short(class_names[int(preds[i])])}",
+                      fontsize=7.5, color=colour)
+        bottom.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+        bottom.imshow(maps[i].numpy(), cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest",
+                      vmin=0.0, vmax=1.0)
+        for ax in (top, bottom):
+            ax.axis("off")
+    fig.suptitle("Attention rollout: where the classifier token reads from", fontsize=10)
+    fig.tight_layout()
+    return fig

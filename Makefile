@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install train test test-fast lint clean tensorboard
+.PHONY: install train test test-fast lint clean tensorboard serve
 
 install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ test:  ## the whole suite; slow tests run when the real data is found
 
 test-fast:  ## without the slow tests
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the newest best checkpoint under outputs/, unless CKPT=path/to.ckpt is given
+CKPT ?= $(shell ls -t outputs/*/*/checkpoints/best.ckpt outputs/*/checkpoints/best.ckpt 2>/dev/null | head -n 1)
+
+serve:  ## the digit-drawing web app on http://127.0.0.1:8000 (CKPT=path to choose the checkpoint, ARGS="port=8080")
+	$(BIN)/python -m vit_mnist.serve ckpt_path=$(CKPT) $(ARGS)
 
 tensorboard:
 	$(BIN)/tensorboard --logdir outputs

@@ -114,7 +114,7 @@ def test_checkpoint_errors_say_what_is_wrong(ckpt: Path, tmp_path: Path) -> None
     content["hyper_parameters"]["model"]["hidden_dim"] = 48
     torch.save(content, edited)
     cases = [(None, "not set"), (tmp_path / "missing.ckpt", "does not exist"), (tmp_path, "is a folder"),
-             (truncated, "not a readable"), (text, "not a readable"), (foreign, "not a vit-mnist checkpoint"),
+             (truncated, "not a readable"), (text, "not a readable"), (foreign, "not a vit-mnist training checkpoint"),
              (edited, "do not fit")]
     for path, message in cases:
         with pytest.raises(UserError, match=message):

@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vit_mnist.checkpoints import read_checkpoint
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck
 from vit_mnist.errors import UserError, report
 from vit_mnist.module import ViTClassifier
@@ -29,35 +30,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("test", "val")
 HOW = ("Give the path of a checkpoint written by `python -m vit_mnist.train`, "
        "e.g. ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt.")
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A vit-mnist training checkpoint's contents, loaded onto the CPU; a `UserError` for anything else."""
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise UserError(f"ckpt_path={path} does not exist. {HOW}")
-    if not file.is_file():
-        raise UserError(f"ckpt_path={path} is a folder, not a checkpoint file. {HOW}")
-    try:
-        # weights_only: plain tensors and containers only, so a stray file cannot run code when loaded.
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip, pickle and weights-only errors all mean the same to the user
-        with open(file, "rb") as f:
-            is_zip = f.read(4) == b"PK\x03\x04"  # torch.save writes zip archives
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        reason = (re.split(r"(?<=\.)\s", first_line)[0].rstrip(".")[:160] if is_zip  # its first sentence
-                  else "it is not the zip archive that torch.save writes")
-        raise UserError(
-            f"ckpt_path={path} cannot be read as a PyTorch checkpoint ({reason}): the file is truncated, "
-            f"corrupt or not a checkpoint. If training was still writing it, wait for it to finish. {HOW}"
-        ) from e
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not (isinstance(hparams, dict) and isinstance(hparams.get("model"), dict) and "state_dict" in ckpt):
-        raise UserError(
-            f"ckpt_path={path} is a PyTorch file but not a vit-mnist training checkpoint: it lacks the model "
-            f"hyperparameters and weights that training saves. {HOW}"
-        )
-    return ckpt
 
 
 def check_matches_data(ckpt: dict[str, Any], data_name: str, path: str) -> None:

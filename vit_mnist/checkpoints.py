@@ -1,0 +1,70 @@
+"""Reading training checkpoints safely, with one clear error for each way a checkpoint path can be wrong."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vit_mnist.errors import UserError
+
+EXAMPLE = "ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt"
+
+
+def check_checkpoint_path(path: str | Path | None, key: str = "ckpt_path", hint: str = "") -> Path:
+    """The checkpoint file `path` names, or a `UserError` saying what is wrong with it (`key` names the setting)."""
+    if path is None or str(path).strip() in ("", "None", "null"):
+        raise UserError(f"{key} is not set: give the checkpoint of a training run, e.g. {EXAMPLE}.{hint}")
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        found = [c for c in (p / "checkpoints" / "best.ckpt", p / "best.ckpt") if c.is_file()]  # a run folder?
+        inside = f" It holds {found[0]}: pass {key}={found[0]}." if found else ""
+        raise UserError(f"{key}={path} is a folder, not a checkpoint file.{inside} Give a .ckpt file, e.g. {EXAMPLE}.{hint}")
+    if not p.is_file():
+        raise UserError(f"{key}={path} does not exist. Give the checkpoint of a training run, e.g. {EXAMPLE}.{hint}")
+    return p
+
+
+def read_checkpoint(path: str | Path | None, key: str = "ckpt_path", hint: str = "") -> dict[str, Any]:
+    """A vit-mnist training checkpoint's contents on the CPU; a `UserError` for anything else."""
+    file = check_checkpoint_path(path, key, hint)
+    try:
+        # weights_only: a checkpoint is data, so loading it must never run code from the file.
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and weights-only errors all mean the same to the user
+        with open(file, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # torch.save writes zip archives
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = (re.split(r"(?<=\.)\s", first_line)[0].rstrip(".")[:160] if is_zip  # its first sentence
+                  else "it is not the zip archive that torch.save writes")
+        raise UserError(
+            f"{key}={path} is not a readable vit-mnist checkpoint ({reason}): the file is truncated, corrupt or "
+            f"not a checkpoint. If training was still writing it, wait for it to finish; otherwise give a .ckpt "
+            f"file written by `python -m vit_mnist.train`, e.g. {EXAMPLE}.{hint}"
+        ) from e
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not (isinstance(hparams, dict) and isinstance(hparams.get("model"), dict) and "state_dict" in ckpt):
+        raise UserError(
+            f"{key}={path} is a PyTorch file but not a vit-mnist training checkpoint: it lacks the model "
+            f"hyperparameters and weights that `python -m vit_mnist.train` saves. Give e.g. {EXAMPLE}.{hint}"
+        )
+    return ckpt
+
+
+def load_module(path: str | Path | None, key: str = "ckpt_path"):
+    """The `ViTClassifier` saved in a training checkpoint, on the CPU in eval mode."""
+    from vit_mnist.module import ViTClassifier  # here: importing the module pulls in Lightning
+
+    ckpt = read_checkpoint(path, key)
+    try:
+        module = ViTClassifier(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, TypeError, KeyError, UserError) as e:
+        raise UserError(
+            f"The weights in {key}={path} do not fit the model its hyperparameters describe "
+            f"({str(e).splitlines()[0]}). The file was edited or comes from another version of vit-mnist; "
+            "retrain or give another checkpoint."
+        ) from e
+    return module.eval()

@@ -10,6 +10,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from vit_mnist.augment import AugmentConfig, random_affine
+from vit_mnist.distributed import eval_sampler
 from vit_mnist.errors import UserError
 from vit_mnist.idx import read_images, read_labels
 from vit_mnist.sources import SPLIT_FILES, ensure_files, get_spec
@@ -129,6 +130,8 @@ class MNISTDataModule(LightningDataModule):
             dataset,
             batch_size=self.hparams.batch_size if train else self.hparams.eval_batch_size,
             shuffle=train,
+            # with several processes each evaluates its own share, none repeated (vit_mnist.distributed)
+            sampler=None if train else eval_sampler(dataset, self.trainer),
             drop_last=train and len(dataset) > self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
             collate_fn=keep_batch,

@@ -11,10 +11,19 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import ConfusionMatrix, MaxMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
+from vit_mnist.attention import attention_rollout
 from vit_mnist.errors import UserError
 from vit_mnist.model import VisionTransformer, count_parameters
+from vit_mnist.samples import CALIBRATION_BINS, ReportSamples
+from vit_mnist.tta import tta_logits
 
 # model.* keys that configure training around the network rather than the network itself.
 NON_NETWORK_KEYS = ("compile", "init_from", "_target_")
@@ -49,12 +58,13 @@ class ViTClassifier(LightningModule):
         class_names: list[str] | None = None,
         normalize: dict | None = None,
         dataset: str = "mnist",
+        tta: bool = False,
     ):
         super().__init__()
         model, optimizer, scheduler = _plain(model), _plain(optimizer), _plain(scheduler)
         self.save_hyperparameters(
             {"model": model, "optimizer": optimizer, "scheduler": scheduler, "label_smoothing": label_smoothing,
-             "class_names": class_names, "normalize": normalize, "dataset": dataset}
+             "class_names": class_names, "normalize": normalize, "dataset": dataset, "tta": tta}
         )
         self.net = VisionTransformer(**network_kwargs(model))
         num_classes = int(model.get("num_classes", 10))
@@ -78,6 +88,10 @@ class ViTClassifier(LightningModule):
                 "confusion_matrix": ConfusionMatrix(task="multiclass", num_classes=num_classes),
             }
         )
+        # Fed probabilities: given logits that happen to lie in [0, 1] it would take them for probabilities.
+        self.test_ece = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS, norm="l1")
+        self.test_samples = ReportSamples()  # per-image outputs for the report figures
+        self.eval_prefix = "test"  # the test stage's metric names; evaluate sets "val" to test the val split
         self.test_results: dict[str, torch.Tensor] = {}
 
     @property
@@ -87,9 +101,10 @@ class ViTClassifier(LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], tta: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
-        logits = self(images)
+        logits = tta_logits(self, images) if tta else self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
         return loss, logits, labels
 
@@ -117,20 +132,43 @@ class ViTClassifier(LightningModule):
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, logits, labels = self._step(batch)
+        loss, logits, labels = self._step(batch, tta=self.hparams.get("tta", False))  # `tta: true` in the run config
         self.test_loss(loss)
         self.test_metrics.update(logits, labels)
-        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+        self.log(f"{self.eval_prefix}/loss", self.test_loss, on_step=False, on_epoch=True)
+        probs = logits.float().softmax(dim=-1)
+        self.test_ece.update(probs, labels)
+        self._collect_samples(batch[0], probs, labels)
+
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the input normalisation: pixels in [0, 1] for pictures."""
+        norm = self.hparams.normalize
+        return (images * norm["std"] + norm["mean"]).clamp(0.0, 1.0) if norm else images
+
+    def _collect_samples(self, images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keep what the report figures need: probabilities, the most confidently wrong images, attention maps."""
+        self.test_samples.update(self._pixels(images), probs, labels)
+        pick = self.test_samples.missing_examples(labels).to(images.device)
+        if len(pick):  # the explicit attention path runs only on these few images
+            _, attentions = self.net(images[pick], return_attention=True)
+            self.test_samples.add_examples(self._pixels(images[pick]), labels[pick], probs[pick].argmax(dim=-1),
+                                           attention_rollout(attentions, self.net.pool))
 
     def on_test_epoch_start(self) -> None:
         self.test_results = {}
+        self.test_samples.reset()
 
     def on_test_epoch_end(self) -> None:
         results = self.test_metrics.compute()  # synced across ranks
         self.test_metrics.reset()
-        self.log("test/acc", results["acc"], sync_dist=False)
-        self.log("test/f1_macro", results["f1_macro"], sync_dist=False)
+        results["ece"] = self.test_ece.compute()
+        self.test_ece.reset()
+        self.log(f"{self.eval_prefix}/acc", results["acc"], sync_dist=False)
+        self.log(f"{self.eval_prefix}/f1_macro", results["f1_macro"], sync_dist=False)
+        self.log(f"{self.eval_prefix}/ece", results["ece"], sync_dist=False)
         self.test_results = {k: v.detach().cpu() for k, v in results.items()}
+        self.test_results.update(self.test_samples.compute())  # gathered from every process
+        self.test_samples.reset()
 
     def configure_optimizers(self) -> Any:
         cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.Adam", "lr": 3e-4})

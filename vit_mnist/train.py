@@ -20,9 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.callbacks import TrainThroughput
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
+from vit_mnist.distributed import hydra_ddp_job
 from vit_mnist.errors import UserError, report
 from vit_mnist.module import ViTClassifier
 from vit_mnist.sources import ensure_files, get_spec
+from vit_mnist.transfer import check_init_from, init_from_checkpoint
 from vit_mnist.reports import tensorboard_writers, write_json, write_test_reports
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,29 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
         class_names=datamodule.class_names,
         normalize={"mean": datamodule.mean, "std": datamodule.std},
         dataset=cfg.data.name,
+        tta=bool(cfg.get("tta", False)),
     )
+    if cfg.model.get("init_from"):
+        init_from_checkpoint(module.net, cfg.model.init_from, module.hparams.model)
+    if cfg.model.get("compile"):
+        compile_network(module.net, cfg.model.compile)
     return datamodule, module
+
+
+def compile_network(net: torch.nn.Module, setting: bool | str) -> None:
+    """torch.compile `net` in place (its state_dict keys, so checkpoints, stay the same): `model.compile=true`
+    uses inductor; a backend name (e.g. `model.compile=aot_eager`) picks another."""
+    backend = "inductor" if setting is True else str(setting)
+    if backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise UserError(f"model.compile={setting!r} is not a torch.compile backend: use model.compile=true "
+                        f"(inductor), false, or one of {torch.compiler.list_backends()}.")
+    net.compile(backend=backend)
 
 
 def check_before_run(cfg: DictConfig) -> None:
     """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed)."""
     validate(cfg)
+    check_init_from(cfg.model)
     ensure_files(get_spec(cfg.data.name), cfg.paths.data_dir, download=cfg.data.download)
 
 
@@ -162,15 +180,17 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
+    """The job's val/acc_best for sweepers; None for a failed job (Optuna marks the trial failed, NaN would end it)."""
     out_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
-        metrics = train(cfg)
+        with hydra_ddp_job():
+            metrics = train(cfg)
     except UserError as e:
         if multirun:  # one bad job must not end the sweep
             log.error("job failed: %s", e)
             record_failure(out_dir, e)
-            return math.nan
+            return None
         _remove_unfinished_run(out_dir)
         report(e)
     except Exception as e:
@@ -178,8 +198,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise
         log.exception("job failed")
         record_failure(out_dir, e)
-        return math.nan
-    return metrics["val/acc_best"]
+        return None
+    return metrics["val/acc_best"] if math.isfinite(metrics["val/acc_best"]) else None
 
 
 def main() -> None:

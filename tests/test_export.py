@@ -86,7 +86,7 @@ def test_onnx_parity_on_256_real_mnist_test_images(tmp_path: Path) -> None:
         pytest.skip("real MNIST not found: set VIT_MNIST_DATA_DIR to a folder holding MNIST/raw")
     ckpt = Path(os.environ["VIT_MNIST_CKPT"]) if os.environ.get("VIT_MNIST_CKPT") else None
     if ckpt is None:
-        overrides = [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", "+trainer.limit_train_batches=30",
+        overrides = [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=30",
                      "test=false", "logger=csv"]
         cfg = compose_config(TINY + overrides, tmp_path / "run")
         train(cfg)

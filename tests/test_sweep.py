@@ -17,7 +17,7 @@ from vit_mnist.sweep_report import main as sweep_report_main
 from vit_mnist.sweep_report import write_sweep_report
 
 # One epoch of a few batches: a job takes a second or two, so a sweep's time is mostly process start-up.
-FAST = [*TINY, "trainer.max_epochs=1", "+trainer.limit_train_batches=4"]
+FAST = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
 
 
 def run_cli(args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,96 @@
+"""The accuracy and speed recipe: EMA, test-time augmentation, torch.compile, and the experiment configs' budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.conftest import compose_config
+from vit_mnist.data import MNISTDataModule
+from vit_mnist.errors import UserError
+from vit_mnist.model import count_parameters
+from vit_mnist.module import ViTClassifier
+from vit_mnist.train import build, train
+from vit_mnist.tta import SHIFTS, shift, tta_logits
+
+
+@pytest.mark.parametrize("experiment", ["note_budget", "best", "fast"])
+def test_experiment_configs_compose_within_the_parameter_budget(data_dir: Path, tmp_path: Path, experiment: str) -> None:
+    # Without TINY: the experiment's own model shape.
+    cfg = compose_config([f"paths.data_dir={data_dir}", f"experiment={experiment}"], tmp_path)
+    _, module = build(cfg)
+    assert count_parameters(module.net) <= 1_000_000
+    assert cfg.model.patch_size == 4 or experiment == "fast"
+    assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.scheduler.name == "warmup_cosine"
+    assert cfg.data.augment.hflip is False  # a mirrored digit is another digit
+    assert (cfg.loss.label_smoothing > 0 and cfg.data.augment.rotation > 0) or experiment == "fast"
+    assert cfg.trainer.max_epochs == 10 if experiment == "note_budget" else cfg.trainer.max_epochs <= 100
+    if experiment != "fast":  # pure ViTs: the patch embedding is the only convolution
+        convs = [name for name, m in module.net.named_modules() if isinstance(m, nn.Conv2d)]
+        assert convs == ["patch_embed.proj"] and cfg.model.stem == "patch"
+
+
+def test_shift_moves_pixels_and_fills_with_the_edge() -> None:
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 3] = 1.0
+    down = shift(x, 1, 0)
+    assert down[0, 0, 3, 3] == 1.0 and down.sum() == 1.0
+    left = shift(x, 0, -1)
+    assert left[0, 0, 2, 2] == 1.0 and left.sum() == 1.0
+    assert torch.equal(shift(x, 0, 0), x)
+
+
+def test_tta_averages_the_logits_of_the_shifted_images() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(25, 3))
+    x = torch.randn(4, 1, 5, 5)
+    expected = torch.stack([net(shift(x, dy, dx)) for dy, dx in SHIFTS]).mean(0)
+    assert torch.allclose(tta_logits(net, x), expected, atol=1e-6)
+    assert torch.allclose(tta_logits(net, x, shifts=((0, 0),)), net(x))
+
+
+def test_ema_and_tta_are_what_the_test_measures(make_cfg, data_dir: Path) -> None:
+    metrics = train(make_cfg("trainer.max_epochs=2", "callbacks=ema", "callbacks.ema.decay=0.9", "tta=true",
+                             "logger=csv"))
+    ckpt = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    # the checkpoint's state_dict holds the averaged weights, the raw ones are kept for resuming
+    assert not torch.equal(ckpt["state_dict"]["net.head.weight"], ckpt["current_model_state"]["net.head.weight"])
+    model = ViTClassifier.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu").eval()
+    assert model.hparams.tta is True
+    dm = MNISTDataModule(data_dir=str(data_dir), download=False)
+    dm.setup("test")
+    x, y = dm.transform(dm.test_set.images), dm.test_set.labels
+    with torch.no_grad():
+        loss = F.cross_entropy(tta_logits(model, x), y).item()
+        raw = ViTClassifier(**ckpt["hyper_parameters"]).eval()
+        raw.load_state_dict(ckpt["current_model_state"])
+        raw_loss = F.cross_entropy(tta_logits(raw, x), y).item()
+        plain_loss = F.cross_entropy(model(x), y).item()
+    # the logged test loss is that of the averaged weights with TTA (Lightning alone would test the raw ones)
+    assert metrics["test/loss"] == pytest.approx(loss, rel=1e-4)
+    assert metrics["test/loss"] != pytest.approx(raw_loss, rel=1e-4)
+    assert metrics["test/loss"] != pytest.approx(plain_loss, rel=1e-4)
+
+
+def test_compile_option_compiles_the_network_and_keeps_checkpoints_plain(make_cfg) -> None:
+    # The eager backend: the same torch.compile path (Dynamo) as inductor, without minutes of C++ compiling.
+    cfg = make_cfg("model.compile=eager", "trainer.max_epochs=1", "trainer.limit_train_batches=5", "logger=csv")
+    _, module = build(cfg)
+    traced = []
+    module.net.head.register_forward_pre_hook(lambda *_: traced.append(torch.compiler.is_compiling()))
+    module.net(torch.randn(2, 1, 28, 28))
+    assert traced == [True]  # the forward ran under torch.compile
+    metrics = train(cfg)
+    state = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert "net.head.weight" in state and not any("_orig_mod" in k for k in state)
+    assert metrics["global_step"] == 5 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert ViTClassifier.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu").num_parameters > 0
+
+
+def test_unknown_compile_backend_is_a_user_error(make_cfg) -> None:
+    with pytest.raises(UserError, match="not a torch.compile backend"):
+        build(make_cfg("model.compile=warp_speed"))

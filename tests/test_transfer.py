@@ -131,5 +131,5 @@ def test_bad_init_from_path_stops_the_cli_before_any_run_folder(data_dir: Path, 
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
     )
     assert result.returncode == 2
-    assert "cannot be read as a PyTorch checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert "is not a readable vit-mnist checkpoint" in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr
     assert not run_dir.exists()

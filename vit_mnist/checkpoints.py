@@ -10,20 +10,20 @@ import torch
 
 from vit_mnist.errors import UserError
 
-EXAMPLE = "ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt"
+EXAMPLE = "outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
 def check_checkpoint_path(path: str | Path | None, key: str = "ckpt_path", hint: str = "") -> Path:
     """The checkpoint file `path` names, or a `UserError` saying what is wrong with it (`key` names the setting)."""
     if path is None or str(path).strip() in ("", "None", "null"):
-        raise UserError(f"{key} is not set: give the checkpoint of a training run, e.g. {EXAMPLE}.{hint}")
+        raise UserError(f"{key} is not set: give the checkpoint of a training run, e.g. {key}={EXAMPLE}.{hint}")
     p = Path(str(path)).expanduser()
     if p.is_dir():
         found = [c for c in (p / "checkpoints" / "best.ckpt", p / "best.ckpt") if c.is_file()]  # a run folder?
         inside = f" It holds {found[0]}: pass {key}={found[0]}." if found else ""
-        raise UserError(f"{key}={path} is a folder, not a checkpoint file.{inside} Give a .ckpt file, e.g. {EXAMPLE}.{hint}")
+        raise UserError(f"{key}={path} is a folder, not a checkpoint file.{inside} Give a .ckpt file, e.g. {key}={EXAMPLE}.{hint}")
     if not p.is_file():
-        raise UserError(f"{key}={path} does not exist. Give the checkpoint of a training run, e.g. {EXAMPLE}.{hint}")
+        raise UserError(f"{key}={path} does not exist. Give the checkpoint of a training run, e.g. {key}={EXAMPLE}.{hint}")
     return p
 
 
@@ -42,13 +42,13 @@ def read_checkpoint(path: str | Path | None, key: str = "ckpt_path", hint: str =
         raise UserError(
             f"{key}={path} is not a readable vit-mnist checkpoint ({reason}): the file is truncated, corrupt or "
             f"not a checkpoint. If training was still writing it, wait for it to finish; otherwise give a .ckpt "
-            f"file written by `python -m vit_mnist.train`, e.g. {EXAMPLE}.{hint}"
+            f"file written by `python -m vit_mnist.train`, e.g. {key}={EXAMPLE}.{hint}"
         ) from e
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not (isinstance(hparams, dict) and isinstance(hparams.get("model"), dict) and "state_dict" in ckpt):
         raise UserError(
             f"{key}={path} is a PyTorch file but not a vit-mnist training checkpoint: it lacks the model "
-            f"hyperparameters and weights that `python -m vit_mnist.train` saves. Give e.g. {EXAMPLE}.{hint}"
+            f"hyperparameters and weights that `python -m vit_mnist.train` saves. Give e.g. {key}={EXAMPLE}.{hint}"
         )
     return ckpt
 

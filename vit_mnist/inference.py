@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_mnist.checkpoints import EXAMPLE, check_checkpoint_path  # noqa: F401 (re-exported)
+from vit_mnist.checkpoints import check_checkpoint_path  # noqa: F401 (used by export)
 from vit_mnist.errors import UserError
 from vit_mnist.checkpoints import load_module as load_checkpoint
 from vit_mnist.module import ViTClassifier

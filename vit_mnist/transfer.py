@@ -10,35 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vit_mnist.checkpoints import read_checkpoint
 from vit_mnist.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Shapes of the transformer blocks: they must match, everything around them can be adapted.
 BLOCK_KEYS = ("hidden_dim", "depth", "heads", "mlp_dim")
-EXAMPLE = "model.init_from=outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
 def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The network weights (without the `net.` prefix) and model hyperparameters of a training checkpoint."""
-    file = Path(str(path)).expanduser()
-    if not file.is_file():
-        what = "is a folder, not a checkpoint file" if file.is_dir() else "does not exist"
-        raise UserError(f"model.init_from={path} {what}. Give the checkpoint of an earlier training run, "
-                        f"e.g. {EXAMPLE}, or set model.init_from=null to train from scratch.")
-    try:
-        # weights_only: tensors and containers only, so a stray file cannot run code when loaded.
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"model.init_from={path} cannot be read as a PyTorch checkpoint ({type(e).__name__}): the "
-                        f"file is truncated, corrupt or not a checkpoint. Give a .ckpt written by training, "
-                        f"e.g. {EXAMPLE}.") from e
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not (isinstance(hparams, dict) and isinstance(hparams.get("model"), dict) and "state_dict" in ckpt):
-        raise UserError(f"model.init_from={path} is a PyTorch file but not a vit-mnist training checkpoint (it "
-                        f"lacks the model hyperparameters and weights that training saves). Give e.g. {EXAMPLE}.")
+    ckpt = read_checkpoint(path, key="model.init_from", hint=" Or set model.init_from=null to train from scratch.")
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    return state, hparams["model"]
+    return state, ckpt["hyper_parameters"]["model"]
 
 
 def check_compatible(source_model: dict[str, Any], target_model: dict[str, Any], path: str | Path) -> None:

@@ -25,7 +25,7 @@ from vit_mnist.errors import UserError, report
 from vit_mnist.module import ViTClassifier
 from vit_mnist.sources import ensure_files, get_spec
 from vit_mnist.transfer import check_init_from, init_from_checkpoint
-from vit_mnist.reports import tensorboard_writers, write_json, write_test_reports
+from vit_mnist.reports import summary_metrics, tensorboard_writers, write_json, write_test_reports
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"val/acc_best": val_best}
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        results = module.test_results
-        for key in ("precision", "recall", "f1"):
-            metrics[f"test/{key}_per_class"] = [round(float(x), 6) for x in results[key]]
+        metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
     metrics.update(
         {
             "num_parameters": module.num_parameters,

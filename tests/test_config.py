@@ -62,6 +62,7 @@ def test_data_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
         (["model.patch_size=5"], ["model.patch_size=5", "model.image_size=28"]),
         (["model.hidden_dim=130", "model.heads=4"], ["model.hidden_dim=130", "model.heads=4"]),
         (["data.name=kmnist"], ["data.name='kmnist'"]),
+        (["data.augment.interpolation=cubic"], ["data.augment.interpolation='cubic'", "nearest"]),
     ],
 )
 def test_precheck_rejects_bad_configs(overrides: list[str], words: list[str]) -> None:

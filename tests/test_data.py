@@ -165,3 +165,13 @@ def test_random_affine_identity_and_flip() -> None:
     for i in range(4):  # each image is either itself or its mirror image
         same, mirrored = torch.allclose(out[i], x[i], atol=1e-5), torch.allclose(out[i], x[i].flip(-1), atol=1e-5)
         assert same or mirrored
+
+
+def test_nearest_interpolation_keeps_pixel_values_bilinear_blends_them() -> None:
+    x = (torch.rand(8, 1, 28, 28) > 0.5).float()  # only 0s and 1s
+    torch.manual_seed(0)
+    nearest = random_affine(x, AugmentConfig(rotation=30, translate=0.1, interpolation="nearest"))
+    assert set(nearest.unique().tolist()) <= {0.0, 1.0} and not torch.equal(nearest, x)
+    torch.manual_seed(0)
+    bilinear = random_affine(x, AugmentConfig(rotation=30, translate=0.1, interpolation="bilinear"))
+    assert ((bilinear > 0.01) & (bilinear < 0.99)).any()

@@ -91,6 +91,20 @@ def test_evaluate_reproduces_the_training_run(trained: tuple[Path, dict], data_d
     assert "test/classification_report/text_summary" in events.Tags()["tensors"]
 
 
+def test_tta_override_scores_the_shifted_views(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
+    from vit_mnist.tta import tta_logits
+
+    _, train_metrics = trained
+    metrics = evaluate(eval_config(data_dir, tmp_path, train_metrics["best_checkpoint"], "tta=true"))
+    assert metrics["tta"] is True
+    module = ViTClassifier.load_from_checkpoint(train_metrics["best_checkpoint"], map_location="cpu").eval()
+    images, labels = load_split("mnist", str(data_dir), "test", download=False)
+    spec = get_spec("mnist")
+    with torch.no_grad():
+        preds = tta_logits(module, (images.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
+    assert metrics["test/acc"] == pytest.approx(float((preds == labels).float().mean()), abs=1e-6)
+
+
 def test_val_split_reproduces_the_best_validation_accuracy(trained: tuple[Path, dict], data_dir: Path,
                                                            tmp_path: Path) -> None:
     _, train_metrics = trained

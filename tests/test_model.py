@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vit_mnist.errors import UserError
-from vit_mnist.model import VisionTransformer, count_parameters
+from vit_mnist.model import VisionTransformer, count_parameters, sincos_2d
 
 
 @pytest.mark.parametrize(("patch", "depth", "heads", "pool"), [(7, 4, 4, "cls"), (4, 2, 8, "mean"), (14, 1, 2, "cls"), (28, 3, 1, "mean")])
@@ -72,6 +72,8 @@ def test_drop_path_is_identity_in_eval() -> None:
         ({"pool": "max"}, ["model.pool='max'"]),
         ({"depth": 0}, ["model.depth=0"]),
         ({"dropout": 1.5}, ["model.dropout=1.5"]),
+        ({"pos_init": "zeros"}, ["model.pos_init='zeros'"]),
+        ({"hidden_dim": 6, "heads": 2}, ["model.pos_init=sincos", "model.hidden_dim=6", "divisible by 4"]),
     ],
 )
 def test_shape_errors_name_the_keys(kwargs: dict, words: list[str]) -> None:
@@ -79,3 +81,17 @@ def test_shape_errors_name_the_keys(kwargs: dict, words: list[str]) -> None:
         VisionTransformer(**kwargs)
     for word in words:
         assert word in str(error.value)
+
+
+def test_sincos_positions_tell_every_patch_apart_and_encode_distance() -> None:
+    codes = sincos_2d(7, 64)
+    assert codes.shape == (49, 64)
+    distances = torch.cdist(codes, codes)
+    assert (distances + torch.eye(49) * 1e3).min() > 0.1  # no two patches share a code
+    # neighbours are closer than far-away patches: (0,0)-(0,1) vs (0,0)-(6,6)
+    assert distances[0, 1] < distances[0, 48]
+    model = VisionTransformer(patch_size=4, hidden_dim=64, heads=4, mlp_dim=64, depth=1)
+    torch.testing.assert_close(model.pos_embed[0, 1:].detach(), codes)
+    assert model.pos_embed.requires_grad  # an initialisation, still learned
+    random = VisionTransformer(patch_size=4, hidden_dim=64, heads=4, mlp_dim=64, depth=1, pos_init="random")
+    assert random.pos_embed.std() < 0.05

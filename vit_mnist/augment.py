@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vit_mnist.errors import UserError
+
 
 @dataclass
 class AugmentConfig:
@@ -17,6 +19,15 @@ class AugmentConfig:
     translate: float = 0.1  # fraction of the image size, uniform in [-translate, translate] per axis
     scale: tuple[float, float] = (0.9, 1.1)  # zoom factor range
     hflip: bool = False  # mirror half of the images (changes digit identity: off for digits by default)
+    # resampling of the warped image: "bilinear" (smooth) or "nearest" (keeps strokes crisp, torchvision's default)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bilinear", "nearest"):
+            raise UserError(
+                f"data.augment.interpolation={self.interpolation!r} is not a resampling mode this project knows: "
+                "use bilinear or nearest."
+            )
 
     @property
     def enabled(self) -> bool:
@@ -45,4 +56,4 @@ def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
         [torch.stack([cos * flip, -sin, tx], dim=1), torch.stack([sin * flip, cos, ty], dim=1)], dim=1
     ).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, grid, mode=cfg.interpolation, padding_mode="zeros", align_corners=False)

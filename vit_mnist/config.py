@@ -31,6 +31,7 @@ for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _absp
 
 def validate(cfg: DictConfig) -> None:
     """Check the parts of a composed config that would fail late (model shape, dataset); `UserError` if wrong."""
+    from vit_mnist.augment import AugmentConfig
     from vit_mnist.model import check_vit_shape
     from vit_mnist.sources import get_spec
 
@@ -38,7 +39,7 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     check_vit_shape(
         m.image_size, m.patch_size, m.hidden_dim, m.heads, m.get("pool", "cls"), m.get("stem", "patch"),
-        m.depth, m.mlp_dim, m.get("dropout", 0.0), m.get("drop_path", 0.0),
+        m.depth, m.mlp_dim, m.get("dropout", 0.0), m.get("drop_path", 0.0), m.get("pos_init", "sincos"),
     )
     if m.num_classes != len(spec.classes) or m.image_size != spec.image_size:
         raise UserError(
@@ -46,6 +47,7 @@ def validate(cfg: DictConfig) -> None:
             f"data={spec.name} ({len(spec.classes)} classes, {spec.image_size}x{spec.image_size}); "
             "leave them at their defaults, which follow the data config."
         )
+    AugmentConfig(**cfg.data.get("augment", {}))  # its own checks
 
 
 def precheck(config_name: str, argv: list[str], check: Callable[[DictConfig], None] = validate) -> None:

@@ -118,6 +118,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # A GPU checkpoint loads onto the CPU; the trainer then moves it to whatever device it runs on.
     module = ViTClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
     module.eval_prefix = split
+    if cfg.get("tta") is not None:  # else as the checkpoint's run was configured
+        module.hparams.tta = bool(cfg.tta)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[],
                                                  enable_checkpointing=False)
@@ -128,6 +130,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(
         {
             "split": split,
+            "tta": bool(module.hparams.get("tta", False)),
             "dataset": cfg.data.name,
             "num_samples": len(results["targets"]),
             "ckpt_path": str(Path(cfg.ckpt_path).expanduser().resolve()),

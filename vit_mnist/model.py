@@ -12,6 +12,7 @@ from vit_mnist.errors import UserError
 
 POOLS = ("cls", "mean")
 STEMS = ("patch", "conv")
+POS_INITS = ("sincos", "random")
 
 
 def check_vit_shape(
@@ -25,6 +26,7 @@ def check_vit_shape(
     mlp_dim: int = 1,
     dropout: float = 0.0,
     drop_path: float = 0.0,
+    pos_init: str = "sincos",
 ) -> None:
     """Raise a `UserError` naming the config keys when the ViT shape cannot be built."""
     problems = []
@@ -55,6 +57,13 @@ def check_vit_shape(
     for key, value in (("dropout", dropout), ("drop_path", drop_path)):
         if not 0.0 <= float(value) < 1.0:
             raise UserError(f"model.{key}={value!r} must be in [0, 1).")
+    if pos_init not in POS_INITS:
+        raise UserError(f"model.pos_init={pos_init!r} is not one of {list(POS_INITS)}.")
+    if pos_init == "sincos" and hidden_dim % 4:
+        raise UserError(
+            f"model.pos_init=sincos splits model.hidden_dim={hidden_dim} into sine and cosine codes of rows and "
+            "columns, so it must be divisible by 4: choose such a hidden size or model.pos_init=random."
+        )
 
 
 class PatchEmbed(nn.Module):
@@ -154,6 +163,16 @@ class Block(nn.Module):
         return x, weights
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2D sine-cosine position code: half the channels encode the row, half the column."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    codes = [torch.cat([torch.sin(p.reshape(-1, 1) * omega), torch.cos(p.reshape(-1, 1) * omega)], dim=1)
+             for p in (rows, cols)]
+    return torch.cat(codes, dim=1).float()
+
+
 class VisionTransformer(nn.Module):
     """ViT classifier: patch embedding, CLS token, learned positions, pre-norm blocks, LayerNorm, linear head."""
 
@@ -171,10 +190,12 @@ class VisionTransformer(nn.Module):
         pool: str = "cls",
         drop_path: float = 0.0,
         stem: str = "patch",
+        pos_init: str = "sincos",
     ):
         super().__init__()
-        check_vit_shape(image_size, patch_size, hidden_dim, heads, pool, stem, depth, mlp_dim, dropout, drop_path)
-        self.pool = pool
+        check_vit_shape(image_size, patch_size, hidden_dim, heads, pool, stem, depth, mlp_dim, dropout, drop_path,
+                        pos_init)
+        self.pool, self.pos_init = pool, pos_init
         self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim, stem)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, hidden_dim))
@@ -188,7 +209,15 @@ class VisionTransformer(nn.Module):
     def _init_weights(self) -> None:
         # Xavier-uniform linears and patch projection (as in MAE and the JAX ViT): on MNIST-sized data it
         # learns markedly faster than timm's trunc-normal(0.02) (78% vs 71% val accuracy after 400 steps).
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_init == "sincos":
+            # Still learned, but starting from 2D sin-cos positions (as MAE does) instead of noise, the first
+            # steps already know where each patch is.
+            grid = int(round(self.patch_embed.num_patches**0.5))
+            with torch.no_grad():
+                self.pos_embed[0, 1:] = sincos_2d(grid, self.pos_embed.shape[-1])
+                self.pos_embed[0, 0] = 0.0
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from vit_mnist.errors import UserError
 
+INTERPOLATIONS = ("bilinear", "nearest")  # the grid_sample modes that suit uint8 digit images
+
 
 @dataclass
 class AugmentConfig:
@@ -23,10 +25,10 @@ class AugmentConfig:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
-        if self.interpolation not in ("bilinear", "nearest"):
+        if self.interpolation not in INTERPOLATIONS:
             raise UserError(
                 f"data.augment.interpolation={self.interpolation!r} is not a resampling mode this project knows: "
-                "use bilinear or nearest."
+                f"use one of {' or '.join(INTERPOLATIONS)}."
             )
 
     @property

@@ -212,9 +212,8 @@ class VisionTransformer(nn.Module):
         if self.pos_init == "sincos":
             # Still learned, but starting from 2D sin-cos positions (as MAE does) instead of noise, the first
             # steps already know where each patch is.
-            grid = int(round(self.patch_embed.num_patches**0.5))
             with torch.no_grad():
-                self.pos_embed[0, 1:] = sincos_2d(grid, self.pos_embed.shape[-1])
+                self.pos_embed[0, 1:] = sincos_2d(self.patch_embed.grid_size, self.pos_embed.shape[-1])
                 self.pos_embed[0, 0] = 0.0
         else:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)

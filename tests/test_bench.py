@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import compose_config
-from vit_mnist.bench import check_options, print_table, run
+from vit_mnist.bench import check_options, matmul_share, print_table, run
 from vit_mnist.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ def test_bench_measures_ours_and_the_hugging_face_peers(tmp_path: Path, capsys) 
     attention = 2 * (2 * 17 * 17 * 32)  # q @ k and weights @ v: counted on the CPU kernel too
     forward = blocks + attention + 2 * 16 * 49 * 32 + 2 * 32 * 10  # + patch projection and head
     assert ours["train_mflop"] * 1e6 == pytest.approx(3 * forward, rel=0.05)
+    assert 0.0 < ours["matmul_share"] < 1.0
     if HAS_TRANSFORMERS:
         same = rows["HF ViT, same shape"]
         # the same shape: the same parameters and, within the head's share, the same FLOPs
@@ -43,8 +45,15 @@ def test_bench_measures_ours_and_the_hugging_face_peers(tmp_path: Path, capsys) 
     assert "ours" in out and "GFLOP/s" in out and ("HF ViT, same shape" in out) == HAS_TRANSFORMERS
 
 
+def test_matmul_share_tells_matrix_products_from_other_work() -> None:
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    assert matmul_share(lambda i: a @ b, 3, torch.device("cpu")) > 0.9
+    assert matmul_share(lambda i: torch.tanh(a).exp(), 3, torch.device("cpu")) == 0.0
+
+
 def test_bench_options_are_checked(tmp_path: Path) -> None:
-    for bad, named in (("batch_sizes=[0]", "batch_sizes"), ("steps=0", "steps"), ("precision=fp8", "precision")):
+    for bad, named in (("batch_sizes=[0]", "batch_sizes"), ("steps=0", "steps"), ("precision=fp8", "precision"),
+                       ("profile_steps=-1", "profile_steps")):
         with pytest.raises(UserError, match=named):
             check_options(compose_config(TINY_BENCH + [bad], tmp_path, config_name="bench"))
 

@@ -63,6 +63,11 @@ def test_data_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
         (["model.hidden_dim=130", "model.heads=4"], ["model.hidden_dim=130", "model.heads=4"]),
         (["data.name=kmnist"], ["data.name='kmnist'"]),
         (["data.augment.interpolation=cubic"], ["data.augment.interpolation='cubic'", "nearest"]),
+        (["callbacks=ema", "callbacks.ema.decay=1.5"], ["callbacks.ema.decay=1.5", "between 0 and 1"]),
+        (["experiment=best", "callbacks.ema.update_starting_at_fraction=1.2"],
+         ["update_starting_at_fraction=1.2", "[0, 1)"]),
+        (["experiment=best", "callbacks.ema.update_starting_at_step=100"],
+         ["update_starting_at_step", "update_starting_at_fraction", "keep one"]),
     ],
 )
 def test_precheck_rejects_bad_configs(overrides: list[str], words: list[str]) -> None:

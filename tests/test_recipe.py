@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,20 @@ def test_ema_and_tta_are_what_the_test_measures(make_cfg, data_dir: Path) -> Non
     assert metrics["test/loss"] == pytest.approx(loss, rel=1e-4)
     assert metrics["test/loss"] != pytest.approx(raw_loss, rel=1e-4)
     assert metrics["test/loss"] != pytest.approx(plain_loss, rel=1e-4)
+
+
+def test_ema_start_fraction_follows_the_run_length(make_cfg) -> None:
+    # 2 epochs of 10 steps: a start at 25% of the run is step index 5, and steps 5..19 are averaged
+    cfg = make_cfg("callbacks=ema", "callbacks.ema.update_starting_at_fraction=0.25")
+    datamodule, module = build(cfg)
+    callback = hydra.utils.instantiate(cfg.callbacks.ema)
+    assert callback.update_starting_at_step is None  # set once the fit knows its length
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=10, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[callback])
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 20 and callback.update_starting_at_step == 5
+    assert callback._average_model.n_averaged.item() == 20 - 5
 
 
 def test_compile_option_compiles_the_network_and_keeps_checkpoints_plain(make_cfg) -> None:

@@ -30,6 +30,8 @@ from vit_mnist.train import compile_network
 
 PRECISIONS = ("32-true", "bf16-mixed")
 OURS = "ours"
+# the dense matrix products (attention's own kernels are matched by name)
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 # The technical note's model: Hugging Face's ViT at hidden 128, 4 layers, 4 heads and its default MLP of 3072.
 NOTE_SHAPE = {"hidden_dim": 128, "depth": 4, "heads": 4, "mlp_dim": 3072, "patch_size": 7}
 
@@ -63,6 +65,7 @@ class Row:
     train_step: float  # forward, backward and optimizer step on batches already on the device
     inference: float
     pipeline: float | None = None  # our DataLoader + on-device augmentation + the Lightning training step
+    matmul_share: float | None = None  # of the profiled train step's time, in matrix multiplies and attention
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,9 +152,9 @@ def make_batches(batch: int, image_shape: tuple[int, ...], num_classes: int, dev
             for _ in range(count)]
 
 
-def time_train_step(net: nn.Module, make_optimizer: Callable, batches: list, steps: int, warmup: int, repeats: int,
-                    device: torch.device, precision: str) -> float:
-    """Training images/s of the model step alone: forward, cross-entropy, backward, optimizer step."""
+def train_step(net: nn.Module, make_optimizer: Callable, batches: list, device: torch.device,
+               precision: str) -> Callable[[int], None]:
+    """One training step on the i-th batch: forward, cross-entropy, backward, optimizer step."""
     optimizer = make_optimizer(net.parameters())
     net.train()
 
@@ -163,7 +166,31 @@ def time_train_step(net: nn.Module, make_optimizer: Callable, batches: list, ste
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def time_train_step(net: nn.Module, make_optimizer: Callable, batches: list, steps: int, warmup: int, repeats: int,
+                    device: torch.device, precision: str) -> float:
+    """Training images/s of the model step alone: forward, cross-entropy, backward, optimizer step."""
+    step = train_step(net, make_optimizer, batches, device, precision)
     return best_rate(time_loop(step, steps, warmup, repeats, device), len(batches[0][0]), repeats)
+
+
+def matmul_share(step: Callable[[int], Any], steps: int, device: torch.device) -> float:
+    """Fraction of the profiled time of `steps` calls of `step` spent in matrix multiplies and attention kernels:
+    1 / share bounds how much faster the step could get by removing everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        synchronize(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, attr) for e in events)
+    matmul = sum(getattr(e, attr) for e in events if e.key in MATMUL_OPS or "scaled_dot_product" in e.key)
+    return matmul / total if total else math.nan
 
 
 def time_inference(net: nn.Module, batches: list, steps: int, warmup: int, repeats: int, device: torch.device,
@@ -262,10 +289,11 @@ def check_options(cfg: DictConfig) -> None:
     sizes = list(cfg.batch_sizes) if OmegaConf.is_list(cfg.batch_sizes) else [cfg.batch_sizes]
     if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in sizes):
         raise UserError(f"batch_sizes={cfg.batch_sizes} must be a list of positive integers, e.g. batch_sizes=[64,256].")
-    for key in ("steps", "warmup", "repeats", "matmul_size"):
+    for key in ("steps", "warmup", "repeats", "matmul_size", "profile_steps"):
         value = cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "warmup" else 1):
-            raise UserError(f"{key}={value!r} must be a {'non-negative' if key == 'warmup' else 'positive'} integer.")
+        zero_ok = key in ("warmup", "profile_steps")
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
+            raise UserError(f"{key}={value!r} must be a {'non-negative' if zero_ok else 'positive'} integer.")
     if cfg.precision not in PRECISIONS:
         raise UserError(f"precision={cfg.precision!r} is not one of {list(PRECISIONS)}.")
 
@@ -299,9 +327,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 compile_network(net, model_cfg["compile"])
             timing = (cfg.steps, cfg.warmup, cfg.repeats, device)
             step = time_train_step(net, make_optimizer, batches, *timing, cfg.precision)
+            share = (matmul_share(train_step(net, make_optimizer, batches, device, cfg.precision),
+                                  cfg.profile_steps, device) if cfg.profile_steps else None)
             inference = time_inference(net, batches, *timing, cfg.precision)
             pipeline = time_pipeline(cfg, batch, device) if name == OURS else None
-            rows.append(Row(name, batch, count_parameters(net), flops / 1e6, step, inference, pipeline))
+            rows.append(Row(name, batch, count_parameters(net), flops / 1e6, step, inference, pipeline, share))
     return {
         "device": device_name(device),
         "threads": torch.get_num_threads(),
@@ -331,7 +361,8 @@ def print_table(results: dict[str, Any]) -> None:
     table = Table(title=f"Throughput on {results['device']}, {results['threads']} threads, {results['precision']}"
                         f"{', ours compiled' if results['compile'] else ''} (images/s)")
     for column in ("model", "batch", "params", "train MFLOP/img", "train step", "full pipeline", "pipeline/step",
-                   "inference", "% of fp32 matmul", "ours ÷ this: train", "ours ÷ this: inference"):
+                   "inference", "% of fp32 matmul", "matmul share of step", "ours ÷ this: train",
+                   "ours ÷ this: inference"):
         table.add_column(column, justify="left" if column == "model" else "right")
     ours = {r["batch"]: r for r in results["rows"] if r["model"] == OURS}
     for r in results["rows"]:
@@ -342,13 +373,15 @@ def print_table(results: dict[str, Any]) -> None:
             "—" if r["pipeline"] is None else f"{r['pipeline']:,.0f}",
             "—" if r["pipeline"] is None else f"{r['pipeline'] / r['train_step']:.2f}",
             f"{r['inference']:,.0f}", f"{100 * share:.0f}%",
+            "—" if r.get("matmul_share") is None else f"{100 * r['matmul_share']:.0f}%",
             "—" if r is mine else f"{mine['train_step'] / r['train_step']:.2f}×",
             "—" if r is mine else f"{mine['inference'] / r['inference']:.2f}×",
         )
     table.caption = (f"fp32 matmul rate: {peak:,.1f} GFLOP/s ({results['matmul_size']}² matrices, torch "
                      f"{results['torch']}). Train step: forward, backward "
                      "and optimizer step on batches already on the device; full pipeline: our DataLoader, on-device "
-                     "augmentation and the Lightning step.")
+                     "augmentation and the Lightning step; matmul share: of the train step's profiled time, the part in matrix "
+                     "multiplies and attention kernels (1 / share bounds the speed-up from removing all the rest).")
     if results["peers_missing"]:
         table.caption += ' Install the bench extra (pip install -e ".[bench]") to compare with Hugging Face\'s ViT.'
     Console(width=200).print(table)

@@ -32,6 +32,7 @@ for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _absp
 def validate(cfg: DictConfig) -> None:
     """Check the parts of a composed config that would fail late (model shape, dataset); `UserError` if wrong."""
     from vit_mnist.augment import AugmentConfig
+    from vit_mnist.ema import check_ema_options
     from vit_mnist.model import check_vit_shape
     from vit_mnist.sources import get_spec
 
@@ -48,6 +49,10 @@ def validate(cfg: DictConfig) -> None:
             "leave them at their defaults, which follow the data config."
         )
     AugmentConfig(**cfg.data.get("augment", {}))  # its own checks
+    ema = (cfg.get("callbacks") or {}).get("ema")
+    if ema:
+        check_ema_options(ema.get("decay", 0.999), ema.get("update_starting_at_step"),
+                          ema.get("update_starting_at_fraction"))
 
 
 def precheck(config_name: str, argv: list[str], check: Callable[[DictConfig], None] = validate) -> None:

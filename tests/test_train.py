@@ -110,6 +110,16 @@ def _cli(args: list[str], cwd: Path, env_extra: dict | None = None) -> subproces
                           capture_output=True, text=True, timeout=300)
 
 
+def test_cli_trainer_options_lightning_rejects_are_one_paragraph(data_dir: Path, tmp_path: Path) -> None:
+    # found only once Lightning builds the Trainer, after Hydra made the run folder: the folder goes again
+    run_dir = tmp_path / "run"
+    result = _cli(["trainer.precision=fp8", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                  env_extra={"VIT_MNIST_DATA_DIR": str(data_dir)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "error: Lightning rejected the trainer config" in result.stderr
+    assert "'fp8' is invalid" in result.stderr.replace("\n", " ") and not run_dir.exists()
+
+
 def test_cli_fast_dev_run_on_fashion(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "fdr"
     result = _cli(["debug=fdr", "data=fashion_mnist", "data.val_size=100", f"hydra.run.dir={run_dir}"], cwd=tmp_path,

@@ -32,6 +32,7 @@ for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _absp
 def validate(cfg: DictConfig) -> None:
     """Check the parts of a composed config that would fail late (model shape, dataset); `UserError` if wrong."""
     from vit_mnist.augment import AugmentConfig
+    from vit_mnist.data import check_loader_options
     from vit_mnist.ema import check_ema_options
     from vit_mnist.model import check_vit_shape
     from vit_mnist.sources import get_spec
@@ -49,10 +50,33 @@ def validate(cfg: DictConfig) -> None:
             "leave them at their defaults, which follow the data config."
         )
     AugmentConfig(**cfg.data.get("augment", {}))  # its own checks
+    d = cfg.data
+    check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 1000), d.get("val_size", 5000),
+                         d.get("num_workers", 0))
+    check_training_options(cfg)
     ema = (cfg.get("callbacks") or {}).get("ema")
     if ema:
         check_ema_options(ema.get("decay", 0.999), ema.get("update_starting_at_step"),
                           ema.get("update_starting_at_fraction"))
+
+
+def check_training_options(cfg: DictConfig) -> None:
+    """`UserError` for a seed, loss or learning-rate schedule option that training would reject late or misuse."""
+    seed = cfg.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise UserError(f"seed={seed!r} must be an integer, e.g. seed=42 (or seed=null for a random one).")
+    smoothing = (cfg.get("loss") or {}).get("label_smoothing", 0.0)
+    if not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
+        raise UserError(f"loss.label_smoothing={smoothing!r} must be in [0, 1), e.g. 0.1; 0 turns it off.")
+    sched = cfg.get("scheduler") or {}
+    for key, low, high in (("warmup_fraction", 0.0, 1.0), ("min_lr_ratio", 0.0, 1.0)):
+        value = sched.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or not low <= value <= high
+                                  or (key == "warmup_fraction" and value == high)):
+            bounds = "[0, 1)" if key == "warmup_fraction" else "[0, 1]"
+            raise UserError(f"scheduler.{key}={value!r} must be in {bounds}: warmup_fraction is the share of the "
+                            "run's steps spent warming up (e.g. 0.05), min_lr_ratio the final learning rate as a "
+                            "fraction of optimizer.lr (e.g. 0.01).")
 
 
 def precheck(config_name: str, argv: list[str], check: Callable[[DictConfig], None] = validate) -> None:

@@ -53,6 +53,16 @@ def load_split(name: str, data_dir: str, split: str, download: bool = True) -> t
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
+def check_loader_options(batch_size: int, eval_batch_size: int, val_size: int, num_workers: int) -> None:
+    """`UserError` unless the batch sizes are positive and the validation size and worker count are not negative."""
+    if batch_size < 1 or eval_batch_size < 1 or val_size < 0 or num_workers < 0:
+        raise UserError(
+            f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be positive, "
+            f"data.val_size={val_size} and data.num_workers={num_workers} must not be negative "
+            "(num_workers=0 loads in the main process, the default: the dataset is already in memory)."
+        )
+
+
 class MNISTDataModule(LightningDataModule):
     """MNIST or Fashion-MNIST: official train split into train/val with a fixed seed, official test untouched."""
 
@@ -79,11 +89,7 @@ class MNISTDataModule(LightningDataModule):
                 f"do not describe {name} ({self.spec.image_size}x{self.spec.image_size}, "
                 f"{len(self.spec.classes)} classes, 1 channel). Leave these keys at the defaults of `data={name}`."
             )
-        if batch_size < 1 or eval_batch_size < 1 or val_size < 0:
-            raise UserError(
-                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must be positive and "
-                f"data.val_size={val_size} must not be negative."
-            )
+        check_loader_options(batch_size, eval_batch_size, val_size, num_workers)
         self.save_hyperparameters(logger=False)
         self.augment = AugmentConfig(**(augment or {}))
         self.data_dir = data_dir

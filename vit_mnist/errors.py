@@ -15,3 +15,14 @@ def report(error: BaseException, exit_code: int = 2) -> "None":
     message = " ".join(str(error).split())
     print("\n".join(textwrap.wrap(f"error: {message}", width=100)), file=sys.stderr)
     sys.exit(exit_code)
+
+
+def find_user_error(error: BaseException) -> UserError | None:
+    """The `UserError` that caused `error`, if any (Hydra's `instantiate` wraps what a `_target_` raises)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

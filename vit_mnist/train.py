@@ -14,6 +14,8 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_mnist.callbacks import TrainThroughput
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
 from vit_mnist.distributed import hydra_ddp_job
-from vit_mnist.errors import UserError, report
+from vit_mnist.errors import UserError, find_user_error, report
 from vit_mnist.module import ViTClassifier
 from vit_mnist.sources import ensure_files, get_spec
 from vit_mnist.transfer import check_init_from, init_from_checkpoint
@@ -85,6 +87,19 @@ def compile_network(net: torch.nn.Module, setting: bool | str) -> None:
     net.compile(backend=backend)
 
 
+def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """The Lightning Trainer of `trainer_cfg`; a `UserError` that quotes Lightning when it rejects an option."""
+    try:
+        return hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    except (InstantiationException, MisconfigurationException) as e:
+        cause = find_user_error(e) or e.__cause__ or e
+        if isinstance(cause, UserError):
+            raise cause from e
+        said = str(cause).strip().rstrip(".")
+        raise UserError(f"Lightning rejected the trainer config: {said}. Fix the trainer.* override "
+                        "(see conf/trainer/ and Lightning's Trainer documentation).") from e
+
+
 def check_before_run(cfg: DictConfig) -> None:
     """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed)."""
     validate(cfg)
@@ -103,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = [c for c in instantiate_group(cfg.get("callbacks")) + [throughput]
                  if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg.trainer, callbacks, loggers)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
@@ -181,8 +196,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
-        with hydra_ddp_job():
-            metrics = train(cfg)
+        try:
+            with hydra_ddp_job():
+                metrics = train(cfg)
+        except Exception as e:
+            raise find_user_error(e) or e  # a user's mistake found inside a `_target_` is still one
     except UserError as e:
         if multirun:  # one bad job must not end the sweep
             log.error("job failed: %s", e)

@@ -25,6 +25,16 @@ class AugmentConfig:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.rotation) <= 180.0:
+            raise UserError(f"data.augment.rotation={self.rotation} must be in [0, 180]: the largest rotation in "
+                            "degrees, either way (e.g. 10; 0 turns rotation off).")
+        if not 0.0 <= float(self.translate) < 1.0:
+            raise UserError(f"data.augment.translate={self.translate} must be in [0, 1): the largest shift as a "
+                            "fraction of the image size (e.g. 0.1; 0 turns it off).")
+        scale = [self.scale] if isinstance(self.scale, (int, float, str)) else list(self.scale)
+        if len(scale) != 2 or not 0.0 < float(scale[0]) <= float(scale[1]):
+            raise UserError(f"data.augment.scale={scale} must be two zoom factors [low, high] with 0 < low <= high, "
+                            "e.g. [0.9,1.1]; [1.0,1.0] turns zoom off.")
         if self.interpolation not in INTERPOLATIONS:
             raise UserError(
                 f"data.augment.interpolation={self.interpolation!r} is not a resampling mode this project knows: "

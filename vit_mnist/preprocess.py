@@ -46,7 +46,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             if width * height > max_pixels:
                 raise UserError(
                     f"{name} is {width}x{height} pixels, more than the {max_pixels} allowed: "
-                    "scale it down (a digit needs no more than a few hundred pixels a side)."
+                    "scale it down (one digit or garment needs no more than a few hundred pixels a side)."
                 )
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -60,7 +60,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         reason = "not an image format Pillow knows" if unknown else f"{type(e).__name__}: {e}"
         raise UserError(
             f"{name} is not a readable image ({reason}). Give a PNG, JPEG, BMP, GIF, TIFF or WebP file of a "
-            "single digit."
+            "single digit (or, for a Fashion-MNIST model, a single garment)."
         ) from e
     return gray
 

@@ -46,7 +46,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(400, f"Content-Length {declared!r} is not a number of bytes.")
         if int(declared) > limit:
             raise ApiError(413, f"The request is {int(declared)} bytes; the limit is {limit} bytes. "
-                                "Send a smaller image: a digit needs only a few hundred pixels a side.")
+                                "Send a smaller image: one digit or garment needs only a few hundred pixels a side.")
     chunks, size = [], 0
     async for chunk in request.stream():  # also bounds chunked uploads that declare no length
         size += len(chunk)
@@ -132,7 +132,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, layout: str = "
         elif media == "multipart/form-data":
             source = await upload_from_multipart(request, body, max_bytes)
             if not source:
-                raise ApiError(400, "The uploaded file is empty (0 bytes): send a PNG or JPEG of a digit.")
+                raise ApiError(400, "The uploaded file is empty (0 bytes): send a PNG or JPEG of a digit or garment.")
         else:
             source = body
 

@@ -21,8 +21,10 @@ test:  ## the whole suite; slow tests run when the real data is found
 test-fast:  ## without the slow tests
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# the newest best checkpoint under outputs/, unless CKPT=path/to.ckpt is given
-CKPT ?= $(shell ls -t outputs/*/*/checkpoints/best.ckpt outputs/*/checkpoints/best.ckpt 2>/dev/null | head -n 1)
+# unless CKPT=path/to.ckpt is given: the newest run whose robustness was measured (robustness=true, e.g.
+# experiment=robust), else the newest best checkpoint under outputs/
+ROBUST_CKPT := $(shell for f in $$(ls -t outputs/*/*/robustness.json 2>/dev/null); do c=$${f%robustness.json}checkpoints/best.ckpt; [ -f "$$c" ] && echo "$$c" && break; done)
+CKPT ?= $(or $(ROBUST_CKPT),$(shell ls -t outputs/*/*/checkpoints/best.ckpt outputs/*/checkpoints/best.ckpt 2>/dev/null | head -n 1))
 
 serve:  ## the digit-drawing web app on http://127.0.0.1:8000 (CKPT=path to choose the checkpoint, ARGS="port=8080")
 	$(BIN)/python -m vit_mnist.serve ckpt_path=$(CKPT) $(ARGS)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from tests.conftest import compose_config
-from vit_mnist.bench import check_options, matmul_share, print_table, run
+from torch.autograd import DeviceType
+
+from vit_mnist.bench import check_options, matmul_share, matmul_share_of, print_table, run
 from vit_mnist.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +53,46 @@ def test_matmul_share_tells_matrix_products_from_other_work() -> None:
     a, b = torch.randn(256, 256), torch.randn(256, 256)
     assert matmul_share(lambda i: a @ b, 3, torch.device("cpu")) > 0.9
     assert matmul_share(lambda i: torch.tanh(a).exp(), 3, torch.device("cpu")) == 0.0
+
+
+def _event(key: str, device_type: DeviceType, device_us: float, cpu_us: float = 0.0, annotation: bool = False):
+    # what torch's profiler.key_averages() lists: one entry per op or kernel name and device type
+    return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=device_us,
+                           self_cpu_time_total=cpu_us, is_user_annotation=annotation)
+
+
+def test_matmul_share_on_cuda_counts_each_kernel_once_and_finds_attention_kernels() -> None:
+    cpu, cuda = DeviceType.CPU, DeviceType.CUDA
+    # A CUDA profile as kineto records it: each kernel is an event of its own and also the self device time of
+    # the op that launched it; attention runs under aten::_flash_attention_* / aten::_efficient_attention_*.
+    events = [
+        _event("aten::mm", cpu, 30, cpu_us=5), _event("sm90_xmma_gemm_f32f32_tf32f32", cuda, 30),
+        _event("aten::addmm", cpu, 10, cpu_us=5), _event("ampere_sgemm_64x64_nn", cuda, 10),
+        _event("aten::scaled_dot_product_attention", cpu, 0, cpu_us=2),
+        _event("aten::_scaled_dot_product_flash_attention", cpu, 0, cpu_us=2),
+        _event("aten::_flash_attention_forward", cpu, 15, cpu_us=3),
+        _event("pytorch_flash::flash_fwd_kernel", cuda, 15),
+        _event("aten::_efficient_attention_backward", cpu, 25, cpu_us=3),
+        _event("fmha_cutlassB_f32_aligned_64x64_k64_sm80", cuda, 25),
+        _event("aten::add_", cpu, 20, cpu_us=9), _event("vectorized_elementwise_kernel", cuda, 20),
+        _event("ProfilerStep#1", cuda, 100, annotation=True),  # a span over the others, not time of its own
+    ]
+    assert matmul_share_of(events, on_device=True) == pytest.approx(80 / 100)  # before: 40 of 300
+    # on the CPU the ops' own CPU time counts, attention included
+    assert matmul_share_of(events, on_device=False) == pytest.approx((5 + 5 + 2 + 2 + 3 + 3) / 29)
+    assert math.isnan(matmul_share_of([], on_device=True))
+
+
+def test_entry_points_compute_fp32_matmuls_in_tf32_where_there_is_one() -> None:
+    # the SLURM launcher calls train's Hydra task function without main(); bench has no main() of its own
+    procs = {module: subprocess.Popen([sys.executable, "-c", f"import torch, {module}; "
+                                       "print(torch.get_float32_matmul_precision())"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+             for module in ("vit_mnist.train", "vit_mnist.bench")}  # each in a fresh interpreter, side by side
+    for module, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert out.strip() == "high", (module, err[-2000:])
 
 
 def test_bench_options_are_checked(tmp_path: Path) -> None:

@@ -161,3 +161,17 @@ def test_slurm_launcher_config_composes_and_builds(tmp_path: Path) -> None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partishun=gpu"],
                     return_hydra_config=True)
+
+
+def test_summary_shows_robustness_when_the_jobs_measured_it(sweep: Path, tmp_path: Path) -> None:
+    ok_job = next(r["job"] for r in read_csv(sweep / "sweep_summary.csv") if r["status"] == "ok")
+    metrics = json.loads((sweep / ok_job / "metrics.json").read_text())
+    assert "test/mca" not in metrics and "test/mca" not in (sweep / "sweep_summary.md").read_text()
+    for job, mca in (("a", 0.8125), ("b", 0.9375)):  # jobs of a sweep with robustness=true
+        (tmp_path / "runs" / job).mkdir(parents=True)
+        (tmp_path / "runs" / job / "metrics.json").write_text(json.dumps({**metrics, "test/mca": mca}))
+    rows = write_sweep_report(tmp_path / "runs")
+    assert sorted(r.test_mca for r in rows) == [0.8125, 0.9375]
+    summary = (tmp_path / "runs" / "sweep_summary.md").read_text()
+    assert "| test/mca |" in summary and "| 0.9375 |" in summary
+    assert {r["test_mca"] for r in read_csv(tmp_path / "runs" / "sweep_summary.csv")} == {"0.8125", "0.9375"}

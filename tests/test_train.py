@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TINY, compose_config
 from vit_mnist.data import MNISTDataModule
+from vit_mnist.distributed import check_accelerator
+from vit_mnist.errors import UserError
 from vit_mnist.module import ViTClassifier
 from vit_mnist.train import train
 
@@ -148,3 +151,44 @@ def test_cli_user_errors_are_one_paragraph(args: list[str], words: list[str], tm
     for word in words:
         assert word in result.stderr.replace("\n", " ")
     assert not run_dir.exists()  # nothing written half-way
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("vit_mnist.train", []),  # refused before Hydra makes a folder
+        ("vit_mnist.train", ["--config-dir=CWD"]),  # a flag skips that check: refused in the job, its folders go
+        ("vit_mnist.evaluate", ["ckpt_path=missing.ckpt"]),
+    ],
+)
+def test_cli_gpu_without_a_usable_gpu_says_why_and_leaves_nothing(module: str, args: list[str], data_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    log_dir = tmp_path / "outputs"
+    args = [a.replace("CWD", str(tmp_path)) for a in args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "VIT_MNIST_DATA_DIR": str(data_dir)}
+    command = [sys.executable, "-m", module, *args, "trainer.accelerator=gpu", f"paths.log_dir={log_dir}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    said = result.stderr.replace("\n", " ")
+    assert result.returncode == 2 and said.startswith("error: trainer.accelerator=gpu"), said[-2000:]
+    assert "Traceback" not in said and "No supported gpu backend" not in said  # Lightning's words, before
+    assert "trainer.accelerator=cpu" in said and "auto" in said
+    if torch.version.cuda is None:
+        assert "CPU-only build" in said and "install the CUDA build" in said
+    assert not log_dir.exists()  # no outputs/<date>/ left behind
+
+
+def test_gpu_refusal_says_whether_torch_is_cpu_only_or_sees_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    gpu = OmegaConf.create({"accelerator": "gpu"})
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    with pytest.raises(UserError, match="built for CUDA 12.6.*sees no usable GPU") as refused:
+        check_accelerator(gpu)
+    assert "CUDA_VISIBLE_DEVICES=''" in str(refused.value) and "trainer.accelerator=cpu" in str(refused.value)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(UserError, match="CPU-only build"):
+        check_accelerator(OmegaConf.create({"accelerator": "cuda"}))
+    for fine in ("cpu", "auto"):
+        check_accelerator(OmegaConf.create({"accelerator": fine}))

@@ -1,4 +1,4 @@
-"""Batched on-device augmentation: one random affine warp (rotation, translation, scale, flip) per image."""
+"""Batched on-device augmentation: a random affine warp per image, and the variations of other people's handwriting."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ class AugmentConfig:
     hflip: bool = False  # mirror half of the images (changes digit identity: off for digits by default)
     # resampling of the warped image: "bilinear" (smooth) or "nearest" (keeps strokes crisp, torchvision's default)
     interpolation: str = "bilinear"
+    # Handwriting variation, each off at 0 (see `handwriting_variation`):
+    elastic: float = 0.0  # elastic distortion (Simard et al., 2003): largest alpha in pixels, e.g. 20
+    elastic_sigma: float = 4.0  # smoothness of the elastic displacement field, pixels
+    stroke: float = 0.0  # stroke width change, pixels per side, uniform in [-stroke, stroke], e.g. 1.0
+    blur: float = 0.0  # Gaussian blur of half the images, sigma uniform in [0, blur] pixels, e.g. 1.0
+    min_resolution: int = 0  # half the images scanned at a size uniform in [min_resolution, 27], e.g. 10
+    noise: float = 0.0  # additive Gaussian noise, std uniform in [0, noise] (pixels in [0, 1]), e.g. 0.1
+    erasing: float = 0.0  # probability of erasing one random rectangle (2-15% of the image), e.g. 0.25
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.rotation) <= 180.0:
@@ -41,14 +49,106 @@ class AugmentConfig:
                 f"use one of {' or '.join(INTERPOLATIONS)}."
             )
 
+        for key, high in (("elastic", 200.0), ("stroke", 3.0), ("blur", 5.0), ("noise", 1.0), ("erasing", 1.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
+                raise UserError(f"data.augment.{key}={value!r} must be a number in [0, {high:g}]; 0 turns it off "
+                                f"({_HINTS[key]}).")
+        if isinstance(self.elastic_sigma, bool) or not isinstance(self.elastic_sigma, (int, float)) \
+                or not 0.5 <= self.elastic_sigma <= 20:
+            raise UserError(f"data.augment.elastic_sigma={self.elastic_sigma!r} must be in [0.5, 20] pixels "
+                            "(the smoothness of the elastic field; Simard et al. use 4).")
+        res = self.min_resolution
+        if isinstance(res, bool) or not isinstance(res, int) or not (res == 0 or 4 <= res <= 27):
+            raise UserError(f"data.augment.min_resolution={res!r} must be 0 (off) or a whole number of pixels in "
+                            "[4, 27]: half the training images are then scanned at a random size from it to 27 and "
+                            "enlarged back (e.g. 10).")
+
+    @property
+    def affine(self) -> bool:
+        return bool(self.rotation or self.translate or tuple(self.scale) != (1.0, 1.0) or self.hflip)
+
+    @property
+    def handwriting(self) -> bool:
+        return bool(self.elastic or self.stroke or self.blur or self.min_resolution or self.noise or self.erasing)
+
     @property
     def enabled(self) -> bool:
-        return bool(self.rotation or self.translate or tuple(self.scale) != (1.0, 1.0) or self.hflip)
+        return self.affine or self.handwriting
+
+
+_HINTS = {
+    "elastic": "the largest displacement-field scale alpha in pixels, e.g. 20",
+    "stroke": "the largest change of stroke width in pixels per side, e.g. 1.0",
+    "blur": "the largest Gaussian blur sigma in pixels, e.g. 1.0",
+    "noise": "the largest standard deviation of added noise, pixels being in [0, 1], e.g. 0.1",
+    "erasing": "the probability of erasing one rectangle of an image, e.g. 0.25",
+}
+
+
+def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """All of the training augmentation of a float batch (B, C, H, W) in [0, 1]: handwriting variation, then the
+    random affine warp."""
+    if cfg.handwriting:
+        images = handwriting_variation(images, cfg, generator)
+    return random_affine(images, cfg, generator)
+
+
+def handwriting_variation(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+                          ) -> torch.Tensor:
+    """What differs between writers, pens and scanners, each drawn per image: stroke width, elastic distortion
+    of the shape, scan resolution, blur, sensor noise, and an erased part (a broken or occluded stroke).
+
+    The building blocks are the corruption benchmark's (vit_mnist.corruptions), drawn here from ranges; the
+    benchmark marks the corruptions that resemble the augmentations a model was trained with as "seen".
+    """
+    from vit_mnist.corruptions import elastic_warp, gaussian_blur, resample_resolution, stroke_width
+
+    x = images
+    B, _, H, W = x.shape
+    device = x.device
+
+    def uniform(low: float, high: float, n: int = B) -> torch.Tensor:
+        return torch.rand(n, device=device, generator=generator) * (high - low) + low
+
+    def half() -> torch.Tensor:
+        return torch.rand(B, device=device, generator=generator) < 0.5
+
+    if cfg.stroke:
+        x = stroke_width(x, uniform(-cfg.stroke, cfg.stroke))
+    if cfg.elastic:
+        x = elastic_warp(x, uniform(0.0, cfg.elastic), float(cfg.elastic_sigma), generator)
+    if cfg.min_resolution:
+        sizes = torch.randint(cfg.min_resolution, min(H, W), (B,), device=device, generator=generator)
+        sizes = torch.where(half(), sizes, torch.full_like(sizes, min(H, W)))
+        for size in sizes.unique().tolist():
+            if size < min(H, W):
+                pick = sizes == size
+                x[pick] = resample_resolution(x[pick], size)
+    if cfg.blur:
+        sigma = uniform(0.0, cfg.blur) * half()
+        x = torch.where((sigma > 0.05).view(B, 1, 1, 1), gaussian_blur(x, sigma.clamp_min(0.05)), x)
+    if cfg.noise:
+        x = (x + torch.randn(x.shape, device=device, generator=generator) * uniform(0.0, cfg.noise).view(B, 1, 1, 1))
+        x = x.clamp(0.0, 1.0)
+    if cfg.erasing:
+        area = uniform(0.02, 0.15) * H * W
+        aspect = torch.exp(uniform(math.log(0.3), math.log(1 / 0.3)))
+        h = (area * aspect).sqrt().clamp(1, H)
+        w = (area / aspect).sqrt().clamp(1, W)
+        top, left = uniform(0, 1) * (H - h), uniform(0, 1) * (W - w)
+        rows = torch.arange(H, device=device).view(1, H, 1)
+        cols = torch.arange(W, device=device).view(1, 1, W)
+        box = ((rows >= top.view(B, 1, 1)) & (rows < (top + h).view(B, 1, 1))
+               & (cols >= left.view(B, 1, 1)) & (cols < (left + w).view(B, 1, 1)))
+        erase = (torch.rand(B, device=device, generator=generator) < cfg.erasing).view(B, 1, 1)
+        x = x.masked_fill((box & erase).unsqueeze(1), 0.0)
+    return x
 
 
 def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Warp a float batch (B, C, H, W) with a random affine transform per image; background stays 0."""
-    if not cfg.enabled:
+    if not cfg.affine:
         return images
     B, device = images.shape[0], images.device
 

@@ -5,19 +5,34 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def find_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The repository folder when the package runs from a checkout (editable install, PYTHONPATH), else None."""
+    root = package_dir.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "conf" / "train.yaml").is_file() else None
+
+
+# The checkout's folder, or None for an installed package (wheel, `pip install .`).
+PROJECT_ROOT = find_checkout()
+# The folder holding the YAML configs: the checkout's conf/ (edits take effect at once), else the copy that the
+# wheel ships as vit_mnist/conf (pyproject.toml maps conf/ to the package vit_mnist.conf).
+CONFIG_DIR = PROJECT_ROOT / "conf" if PROJECT_ROOT else PACKAGE_DIR / "conf"
 
 
 def project_root() -> str:
-    """The project folder (holding conf/); VIT_MNIST_ROOT overrides it."""
-    return os.environ.get("VIT_MNIST_ROOT", str(PROJECT_ROOT))
+    """The folder holding outputs/ and data/: VIT_MNIST_ROOT, else the checkout, else the working directory.
+
+    An installed package never writes next to itself: without a checkout, runs go to ./outputs.
+    """
+    return os.environ.get("VIT_MNIST_ROOT") or str(PROJECT_ROOT or Path.cwd())
 
 
 def _abspath(path: str) -> str:
@@ -34,15 +49,12 @@ def validate(cfg: DictConfig) -> None:
     from vit_mnist.augment import AugmentConfig
     from vit_mnist.data import check_loader_options
     from vit_mnist.ema import check_ema_options
-    from vit_mnist.model import check_vit_shape
+    from vit_mnist.networks import check_model_config
     from vit_mnist.sources import get_spec
 
     spec = get_spec(cfg.data.name)
     m = cfg.model
-    check_vit_shape(
-        m.image_size, m.patch_size, m.hidden_dim, m.heads, m.get("pool", "cls"), m.get("stem", "patch"),
-        m.depth, m.mlp_dim, m.get("dropout", 0.0), m.get("drop_path", 0.0), m.get("pos_init", "sincos"),
-    )
+    check_model_config(m)  # by model.arch: the ViT's shape or the CNN's options
     if m.num_classes != len(spec.classes) or m.image_size != spec.image_size:
         raise UserError(
             f"model.num_classes={m.num_classes} and model.image_size={m.image_size} do not match "
@@ -109,3 +121,33 @@ def is_multirun(argv: list[str] | None = None) -> bool:
     """Whether the command line asks Hydra for a multirun."""
     argv = sys.argv[1:] if argv is None else argv
     return any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
+
+
+def only_hydra_files(out_dir: Path, task_name: str) -> bool:
+    """Whether a run folder holds only what Hydra put there: then it is ours to remove after a refused run."""
+    return out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {".hydra", f"{task_name}.log"}
+
+
+def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any], failed: Any = None) -> Any:
+    """Run an entry's job: a user's mistake ends a single run with its one-paragraph message (and no folder left
+    behind), while in a multirun it is recorded in the job's metrics.json and `failed` returned, so the sweep goes on."""
+    import logging
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from vit_mnist.errors import report
+    from vit_mnist.reports import write_json
+
+    out_dir = Path(cfg.paths.output_dir)
+    removable = only_hydra_files(out_dir, cfg.task_name)
+    try:
+        return work(cfg)
+    except UserError as e:
+        if HydraConfig.get().mode.name == "MULTIRUN":  # one bad job must not end the sweep
+            logging.getLogger(work.__module__).error("job failed: %s", e)
+            write_json(out_dir / "metrics.json", {"status": "failed", "error": " ".join(str(e).split())})
+            return failed
+        if removable:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        report(e)

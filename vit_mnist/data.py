@@ -9,7 +9,8 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from vit_mnist.augment import AugmentConfig, random_affine
+from vit_mnist.augment import AugmentConfig
+from vit_mnist.augment import augment as augment_batch
 from vit_mnist.distributed import eval_sampler
 from vit_mnist.errors import UserError
 from vit_mnist.idx import read_images, read_labels
@@ -165,5 +166,5 @@ class MNISTDataModule(LightningDataModule):
         """uint8 (B, 1, H, W) on any device -> normalised float; random affine only when `train`."""
         x = images.float().div_(255.0)
         if train:
-            x = random_affine(x, self.augment)
+            x = augment_batch(x, self.augment)
         return (x - self.spec.mean) / self.spec.std

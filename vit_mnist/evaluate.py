@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,12 +12,11 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vit_mnist.checkpoints import read_checkpoint
-from vit_mnist.config import CONFIG_DIR, is_multirun, precheck
+from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, run_job
+from vit_mnist.distributed import check_accelerator
 from vit_mnist.errors import UserError, report
 from vit_mnist.module import ViTClassifier
 from vit_mnist.reports import summary_metrics, write_json, write_test_reports
@@ -74,6 +72,7 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
             "evaluate runs on one device, so that each image is counted exactly once. Use trainer.devices=1 "
             "trainer.num_nodes=1 (e.g. trainer=default, trainer=cpu or trainer=gpu)."
         )
+    check_accelerator(cfg.trainer)
     ckpt = read_checkpoint(cfg.ckpt_path)
     check_matches_data(ckpt, cfg.data.name, cfg.ckpt_path)
     return ckpt
@@ -132,6 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "split": split,
             "tta": bool(module.hparams.get("tta", False)),
             "dataset": cfg.data.name,
+            "arch": module.arch,  # vit or cnn
             "num_samples": len(results["targets"]),
             "ckpt_path": str(Path(cfg.ckpt_path).expanduser().resolve()),
             "checkpoint_epoch": ckpt.get("epoch"),
@@ -141,7 +141,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         }
     )
     # Logged at the checkpoint's training step, so TensorBoard lines the evaluation up with the training curves.
-    write_test_reports(results, out_dir, module.class_names, trainer.loggers, int(ckpt.get("global_step") or 0), split)
+    write_test_reports(results, out_dir, module.class_names, trainer.loggers, int(ckpt.get("global_step") or 0), split,
+                       map_title=module.map_title)
     for logger in trainer.loggers:
         logger.finalize("success")
     write_json(out_dir / "metrics.json", metrics)
@@ -150,26 +151,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _only_hydra_files(out_dir: Path, task_name: str) -> bool:
-    # A run folder holding only what Hydra put there is ours to remove; anything else was there before.
-    return out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= {".hydra", f"{task_name}.log"}
-
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def hydra_main(cfg: DictConfig) -> float | None:
-    out_dir = Path(cfg.paths.output_dir)
-    removable = _only_hydra_files(out_dir, cfg.task_name)
-    try:
-        metrics = evaluate(cfg)
-    except UserError as e:
-        if HydraConfig.get().mode.name == "MULTIRUN":  # one bad job must not end the sweep
-            log.error("job failed: %s", e)
-            write_json(out_dir / "metrics.json", {"status": "failed", "error": " ".join(str(e).split())})
-            return math.nan
-        if removable:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        report(e)
-    return metrics[f"{cfg.split}/acc"]
+    """The split's accuracy, for sweepers; NaN for a failed job."""
+    metrics = run_job(cfg, evaluate, failed=None)
+    return math.nan if metrics is None else metrics[f"{cfg.split}/acc"]
 
 
 def main() -> None:
@@ -182,7 +168,6 @@ def main() -> None:
     except UserError as e:
         report(e)
     sys.argv = [sys.argv[0], *argv]
-    torch.set_float32_matmul_precision("high")  # as in training, so the numbers agree
     hydra_main()
 
 

@@ -29,6 +29,7 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 DEFAULT_OPSET = 18  # what torch's exporter writes natively; onnxruntime >= 1.14 runs all of it on CPU
 MIN_OPSET = 11  # the oldest checked to convert and match PyTorch (11, 13, 14, 17 and 18 were, with torch 2.13)
 INPUT_NAME, OUTPUT_NAMES = "image", ("logits", "probabilities")
+DESCRIPTIONS = {"vit": "Vision Transformer", "cnn": "Small CNN"}  # by the checkpoint's model.arch
 
 
 class ExportWrapper(nn.Module):
@@ -50,6 +51,7 @@ def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
         "normalize_mean": repr(predictor.mean),
         "normalize_std": repr(predictor.std),
         "dataset": predictor.dataset,
+        "model": predictor.arch,  # vit or cnn
         "input": (f"{INPUT_NAME}: float32 [batch, 1, 28, 28]; a 28x28 grayscale digit in the MNIST layout (white on "
                   "black, fit in 20x20, centred by centre of mass), scaled to [0, 1], then (x - normalize_mean) / "
                   "normalize_std. vit_mnist.preprocess.preprocess does all of this."),
@@ -96,7 +98,7 @@ def export_onnx(wrapper: ExportWrapper, path: Path, meta: dict[str, str], opset:
         )
         program.save(str(path))
     model = onnx.load(str(path))
-    model.doc_string = "Vision Transformer digit classifier exported by vit-mnist"
+    model.doc_string = f"{DESCRIPTIONS.get(meta.get('model', 'vit'), 'Image')} classifier exported by vit-mnist"
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)

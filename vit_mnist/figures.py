@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from vit_mnist.networks import MAP_TITLES  # noqa: E402
+
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> None:
     """Save a figure through a temporary file and close it, so a crash never leaves half a PNG."""
@@ -128,8 +130,10 @@ def calibration_figure(probs: torch.Tensor, targets: torch.Tensor, ece: float, n
 
 def attention_figure(
     images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, preds: torch.Tensor, class_names: list[str],
+    title: str = MAP_TITLES["vit"],
 ) -> plt.Figure:
-    """Each image above its attention rollout map laid over it."""
+    """Each image above its relevance map laid over it: the ViT's attention rollout, or the CNN's class
+    activation map (`title` says which)."""
     if len(images) == 0:
         return _empty_figure("No images to show.")
     n = len(images)
@@ -148,6 +152,53 @@ def attention_figure(
                       vmin=0.0, vmax=1.0)
         for ax in (top, bottom):
             ax.axis("off")
-    fig.suptitle("Attention rollout: where the classifier token reads from", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def robustness_figure(results, corruption_names: list[str]) -> plt.Figure:
+    """Accuracy per corruption as horizontal bars, one colour per model, the clean accuracy first."""
+    labels = ["clean", *corruption_names, "mCA"]
+    n_models = len(results)
+    height = 0.8 / n_models
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(labels) * max(1.0, n_models * 0.6) + 1.2), constrained_layout=True)
+    y = np.arange(len(labels))
+    for i, r in enumerate(results):
+        values = [r.clean, *[r.accuracy[n] for n in corruption_names], r.mca]
+        ax.barh(y + (i - (n_models - 1) / 2) * height, [100 * v for v in values], height=height,
+                label=f"{r.name} (mCA {100 * r.mca:.1f}%)")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("test accuracy (%)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Accuracy on corrupted MNIST test digits")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def robustness_examples_figure(shown: dict[str, torch.Tensor], result, class_names: list[str]) -> plt.Figure:
+    """Each corruption (a row) on the same few test digits, titled with `result`'s prediction (red if wrong)."""
+    rows = list(shown)
+    cols = max((len(v) for v in shown.values()), default=0)
+    fig, axes = plt.subplots(len(rows), max(cols, 1), figsize=(1.1 * max(cols, 1) + 1.4, 1.1 * len(rows)),
+                             squeeze=False)
+    truth = result.predictions.get("_targets")
+    for r, name in enumerate(rows):
+        images, preds = shown[name], result.predictions.get(name, [])
+        for c in range(axes.shape[1]):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(images):
+                continue
+            ax.imshow(images[c, 0].numpy(), cmap="gray", vmin=0, vmax=255)
+            if c < len(preds):
+                wrong = truth is not None and preds[c] != truth[c]
+                ax.set_title(_short(class_names[preds[c]]), fontsize=7, color="red" if wrong else "black", pad=1)
+        axes[r, 0].text(-0.15, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=7)
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(top=1 - 0.45 / height, bottom=0.1 / height, hspace=0.35)
+    fig.suptitle(f"Corrupted test digits; titles: {result.name}'s prediction (red: wrong)", fontsize=8,
+                 y=1 - 0.12 / height)
     return fig

@@ -14,7 +14,7 @@ from vit_mnist.module import ViTClassifier
 from vit_mnist.preprocess import ImageSource, preprocess
 
 class Predictor:
-    """A checkpoint's network with its class names and normalisation: images in, probabilities out."""
+    """A checkpoint's network (ViT or CNN) with its class names and normalisation: images in, probabilities out."""
 
     def __init__(self, module: ViTClassifier, source: str = ""):
         self.net = module.net.eval()
@@ -27,6 +27,7 @@ class Predictor:
             )
         self.mean, self.std = float(normalize["mean"]), float(normalize["std"])
         self.dataset = str(module.hparams.get("dataset", ""))
+        self.arch = module.arch  # "vit" or "cnn": which network the checkpoint holds
         self.source = str(source)
 
     @classmethod

@@ -28,6 +28,7 @@ from vit_mnist.figures import (
     misclassified_figure,
     save_figure,
 )
+from vit_mnist.networks import MAP_TITLES
 from vit_mnist.samples import CALIBRATION_BINS
 
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
@@ -148,9 +149,11 @@ def write_test_reports(
     loggers: Sequence[Any] = (),
     step: int = 0,
     split: str = "test",
+    map_title: str = MAP_TITLES["vit"],
 ) -> dict[str, Path]:
     """Write every report file into `out_dir`, log the images and the report to TensorBoard under `<split>/`,
-    print the report; return the files' paths. Used by both the training run's test stage and evaluate."""
+    print the report; return the files' paths. Used by both the training run's test stage and evaluate.
+    attention.png shows the model's relevance maps, titled `map_title` (the module's `map_title`)."""
     out_dir = Path(out_dir)
     paths = {name.replace(".", "_"): out_dir / name for name in REPORT_FILES}
     probs, targets = results["probs"], results["targets"]
@@ -170,7 +173,7 @@ def write_test_reports(
     save_figure(calibration_figure(probs, targets, report["ece"], report["calibration_bins"]), paths["calibration_png"])
     save_figure(attention_figure(results.get("example_images", empty), results.get("example_maps", empty),
                                  results.get("example_targets", empty), results.get("example_preds", empty),
-                                 class_names), paths["attention_png"])
+                                 class_names, map_title), paths["attention_png"])
 
     for writer in tensorboard_writers(list(loggers)):
         for name in ("confusion_matrix", "misclassified", "calibration", "attention"):

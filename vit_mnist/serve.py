@@ -23,6 +23,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from vit_mnist.config import CONFIG_DIR
 from vit_mnist.errors import UserError, report
 from vit_mnist.inference import Predictor
+from vit_mnist.networks import NAMES
 from vit_mnist.preprocess import MNIST_SIZE, check_layout, load_image, normalize, to_mnist_layout
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -99,11 +100,13 @@ def pixels_from_json(body: bytes) -> np.ndarray:
 
 def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, layout: str = "auto") -> FastAPI:
     """The web app: the page at /, POST /api/predict, GET /healthz."""
-    app = FastAPI(title="vit-mnist", description="Draw a digit, see what the Vision Transformer reads.",
+    model_name = NAMES.get(predictor.arch, "the model")
+    app = FastAPI(title="vit-mnist", description=f"Draw a digit, see what {model_name} reads.",
                   docs_url="/docs", redoc_url=None)
     model_lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on small CPUs
+    # model / model_name: the page says which network answers (vit or cnn), so a comparison is visible.
     info = {"dataset": predictor.dataset, "class_names": predictor.class_names,
-            "checkpoint": Path(predictor.source).name}
+            "checkpoint": Path(predictor.source).name, "model": predictor.arch, "model_name": model_name}
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -173,6 +176,19 @@ def check_port(host: str, port: int) -> None:
                         f"e.g. port={port + 1}.") from e
 
 
+def robustness_note(ckpt_path: str) -> str:
+    """What the checkpoint's training run measured of its robustness (its robustness.json), or how to measure it:
+    people's own handwriting is read about as well as the corrupted test digits, not as well as MNIST's own."""
+    report_file = Path(str(ckpt_path)).expanduser().resolve().parent.parent / "robustness.json"
+    try:
+        model = json.loads(report_file.read_text())["models"][0]
+        return (f"on corrupted test digits this model scores {100 * model['mca']:.1f}% (mCA; clean "
+                f"{100 * model['clean_acc']:.2f}%, unseen kinds {100 * model['unseen_mca']:.1f}%), from {report_file}")
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ("this model's robustness to other handwriting was not measured: run `python -m vit_mnist.robustness "
+                f"ckpt_path={ckpt_path}`, or train with experiment=robust")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="serve")
 def main(cfg: DictConfig) -> None:
     import uvicorn
@@ -186,7 +202,8 @@ def main(cfg: DictConfig) -> None:
     except UserError as e:
         report(e)
     app = create_app(predictor, int(cfg.max_bytes), str(cfg.layout))
-    print(f"vit-mnist: {predictor.dataset} model from {cfg.ckpt_path}; open http://{cfg.host}:{cfg.port}", flush=True)
+    print(f"vit-mnist: {predictor.dataset} {predictor.arch} model from {cfg.ckpt_path}; open http://{cfg.host}:{cfg.port}", flush=True)
+    print(f"vit-mnist: {robustness_note(cfg.ckpt_path)}", flush=True)
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level),
                 access_log=bool(cfg.access_log))
 

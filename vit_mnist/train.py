@@ -13,7 +13,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.callbacks import TrainThroughput
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
-from vit_mnist.distributed import hydra_ddp_job
+from vit_mnist.distributed import RankSeed, check_accelerator, hydra_ddp_job, is_sweep_job
 from vit_mnist.errors import UserError, find_user_error, report
 from vit_mnist.module import ViTClassifier
 from vit_mnist.sources import ensure_files, get_spec
@@ -103,6 +102,7 @@ def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list) -> L.
 def check_before_run(cfg: DictConfig) -> None:
     """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed)."""
     validate(cfg)
+    check_accelerator(cfg.trainer)
     check_init_from(cfg.model)
     ensure_files(get_spec(cfg.data.name), cfg.paths.data_dir, download=cfg.data.download)
 
@@ -112,11 +112,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_before_run(cfg)
     started = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True)
+    seed = L.seed_everything(cfg.seed, workers=True)
     datamodule, module = build(cfg)
     throughput = TrainThroughput()
     loggers = instantiate_group(cfg.get("logger"))
-    callbacks = [c for c in instantiate_group(cfg.get("callbacks")) + [throughput]
+    callbacks = [c for c in instantiate_group(cfg.get("callbacks")) + [throughput, RankSeed(seed)]
                  if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
 
@@ -137,6 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(
         {
             "num_parameters": module.num_parameters,
+            "arch": module.arch,  # vit or cnn: which network the run trained
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "train_images_per_s": round(throughput.images_per_second, 1),
@@ -147,16 +148,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         }
     )
     if trainer.is_global_zero:
-        finish_run(cfg, out_dir, module, metrics, trainer.loggers, trainer.global_step)
+        finish_run(cfg, out_dir, module, metrics, trainer.loggers, trainer.global_step, datamodule)
     return metrics
 
 
 @rank_zero_only
-def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int) -> None:
+def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int,
+               datamodule: L.LightningDataModule | None = None) -> None:
     """Rank zero: reports, metrics.json, TensorBoard hparams and a printed summary."""
     if module.test_results:
-        write_test_reports(module.test_results, out_dir, module.class_names, loggers, step)
-    hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro") if k in metrics}
+        write_test_reports(module.test_results, out_dir, module.class_names, loggers, step, map_title=module.map_title)
+        if cfg.get("robustness"):  # the corruption benchmark on the tested weights (vit_mnist.robustness)
+            from vit_mnist.robustness import training_robustness
+
+            started = time.perf_counter()
+            metrics.update(training_robustness(module, datamodule, cfg.data.get("augment"), out_dir, loggers, step,
+                                               cfg.get("robustness_images")))
+            metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
+    hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen")
+                  if k in metrics}
     for logger in loggers:
         if tensorboard_writers([logger]):
             logger.log_hyperparams(hparams_to_log(cfg, module.num_parameters), hp_metrics)
@@ -170,7 +180,8 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
     from rich.table import Table
 
     table = Table(title="Run finished", caption=str(out_dir), show_header=False)
-    for key in ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "num_parameters", "epochs",
+    for key in ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/mca", "test/mca_unseen",
+                "num_parameters", "epochs",
                 "train_images_per_s", "wall_time_s", "best_checkpoint"):
         if key in metrics:
             value = metrics[key]
@@ -178,10 +189,20 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
     Console(stderr=False).print(table)
 
 
-def _remove_unfinished_run(out_dir: Path) -> None:
+@rank_zero_only
+def _remove_unfinished_run(out_dir: Path, log_dir: Path) -> None:
     # A run that failed before training has nothing worth keeping; a folder with checkpoints is kept.
     if out_dir.is_dir() and not (out_dir / "checkpoints").exists():
         shutil.rmtree(out_dir, ignore_errors=True)
+        # and the folders Hydra made for it (outputs/<date>/), once empty; never above paths.log_dir
+        log_dir = log_dir.resolve()
+        for parent in out_dir.resolve().parents:
+            if parent != log_dir and log_dir not in parent.parents:
+                break
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
 
 
 @rank_zero_only
@@ -194,7 +215,8 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
 def hydra_main(cfg: DictConfig) -> float | None:
     """The job's val/acc_best for sweepers; None for a failed job (Optuna marks the trial failed, NaN would end it)."""
     out_dir = Path(cfg.paths.output_dir)
-    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    multirun = is_sweep_job()  # also in the other ranks of a sweep's DDP job, which run it as a single run
+    rank = f"rank {rank_zero_only.rank}: " if rank_zero_only.rank else ""  # ranks > 0 log into the same train.log
     try:
         try:
             with hydra_ddp_job():
@@ -203,15 +225,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise find_user_error(e) or e  # a user's mistake found inside a `_target_` is still one
     except UserError as e:
         if multirun:  # one bad job must not end the sweep
-            log.error("job failed: %s", e)
-            record_failure(out_dir, e)
+            log.error("%sjob failed: %s", rank, e)
+            record_failure(out_dir, e)  # rank 0 only, as all writing
             return None
-        _remove_unfinished_run(out_dir)
+        _remove_unfinished_run(out_dir, Path(cfg.paths.log_dir))
         report(e)
     except Exception as e:
         if not multirun:
             raise
-        log.exception("job failed")
+        log.exception("%sjob failed", rank)
         record_failure(out_dir, e)
         return None
     return metrics["val/acc_best"] if math.isfinite(metrics["val/acc_best"]) else None
@@ -224,7 +246,6 @@ def main() -> None:
             precheck("train", sys.argv[1:], check_before_run)
     except UserError as e:
         report(e)
-    torch.set_float32_matmul_precision("high")
     hydra_main()
 
 

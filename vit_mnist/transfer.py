@@ -8,15 +8,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import ListConfig
 from torch import nn
 
 from vit_mnist.checkpoints import read_checkpoint
 from vit_mnist.errors import UserError
+from vit_mnist.networks import NAMES, model_arch
 
 log = logging.getLogger(__name__)
 
 # Shapes of the transformer blocks: they must match, everything around them can be adapted.
 BLOCK_KEYS = ("hidden_dim", "depth", "heads", "mlp_dim")
+# The CNN's conv stack: it must match; only the head (another class count) is re-initialised.
+CNN_BLOCK_KEYS = ("widths", "convs_per_block")
 
 
 def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -27,7 +31,28 @@ def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def check_compatible(source_model: dict[str, Any], target_model: dict[str, Any], path: str | Path) -> None:
-    """`UserError` when the transformer blocks differ in shape: those weights cannot be carried over."""
+    """`UserError` when the checkpoint holds another architecture, or its transformer blocks (conv blocks, for
+    the CNN) differ in shape: those weights cannot be carried over."""
+    source_arch, target_arch = model_arch(source_model), model_arch(dict(target_model))  # no arch: a ViT
+    if source_arch != target_arch:
+        raise UserError(
+            f"model.init_from={path} holds {NAMES[source_arch]} (model={source_arch}), but this run trains "
+            f"{NAMES[target_arch]} (model={target_arch}): weights carry over only between networks of the same "
+            f"kind. Give a model={target_arch} checkpoint, add `model={source_arch}` to the command, or set "
+            "model.init_from=null to train from scratch."
+        )
+    if target_arch == "cnn":
+        diffs = [k for k in CNN_BLOCK_KEYS if list_or_value(source_model.get(k)) != list_or_value(target_model.get(k))]
+        if diffs:
+            found = ", ".join(f"model.{k}={source_model.get(k)} there but {list_or_value(target_model.get(k))} here"
+                              for k in diffs)
+            match = " ".join(f"'model.{k}={source_model.get(k)}'".replace(" ", "") for k in diffs)
+            raise UserError(
+                f"model.init_from={path} cannot initialise this model: its conv blocks have another shape ({found}). "
+                f"The class count may differ, but widths and convs_per_block must match: add {match} to the "
+                "command, or set model.init_from=null to train from scratch."
+            )
+        return
     diffs = [k for k in BLOCK_KEYS if source_model.get(k) != target_model.get(k)]
     if diffs:
         found = ", ".join(f"model.{k}={source_model.get(k)} there but {target_model.get(k)} here" for k in diffs)
@@ -37,6 +62,11 @@ def check_compatible(source_model: dict[str, Any], target_model: dict[str, Any],
             f"({found}). Patch size, class count and the stem may differ, but hidden_dim, depth, heads and mlp_dim "
             f"must match: add `{match}` to the command, or set model.init_from=null to train from scratch."
         )
+
+
+def list_or_value(value: Any) -> Any:
+    """A config value comparable with a checkpoint's: lists (also OmegaConf's ListConfig) as plain lists."""
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else value
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor:

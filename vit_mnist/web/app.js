@@ -188,13 +188,22 @@ document.getElementById("clear").addEventListener("click", () => {
   setState("idle");
 });
 
+function capitalise(text) {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 async function loadInfo() {
   try {
     const response = await fetch("/healthz");
     const info = await response.json();
     if (Array.isArray(info.class_names) && info.class_names.length) classNames = info.class_names;
+    const kind = info.model_name ? `${info.model_name}, ` : "";
     document.getElementById("model-info").textContent =
-      `Model: ${info.checkpoint} (${info.dataset}, ${classNames.length} classes)`;
+      `Model: ${info.checkpoint} (${kind}${info.dataset}, ${classNames.length} classes)`;
+    if (info.model_name) {
+      document.getElementById("tagline").textContent =
+        `Draw a digit in the box. ${capitalise(info.model_name)} reads it while you draw.`;
+    }
   } catch (err) {
     setStatus("The server does not answer; is `python -m vit_mnist.serve` running?", true);
   }

@@ -1,0 +1,75 @@
+"""Handwriting augmentation: each key does its own change, draws per image, stays in range, and refuses bad values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_robustness import digit_like
+from vit_mnist.augment import AugmentConfig, augment, handwriting_variation
+from vit_mnist.errors import UserError
+from vit_mnist.model import BackgroundNorm
+
+OFF = {"rotation": 0.0, "translate": 0.0, "scale": [1.0, 1.0]}
+KEYS = {"elastic": 16.0, "stroke": 1.0, "blur": 1.0, "min_resolution": 10, "noise": 0.1, "erasing": 1.0}
+
+
+def images() -> torch.Tensor:
+    return digit_like(64, seed=2).float() / 255.0
+
+
+def test_all_off_is_the_identity() -> None:
+    x = images()
+    cfg = AugmentConfig(**OFF)
+    assert not cfg.enabled
+    assert torch.equal(augment(x.clone(), cfg), x)
+
+
+@pytest.mark.parametrize("key", list(KEYS))
+def test_each_key_changes_images_in_range_and_per_image(key: str) -> None:
+    x = images()
+    cfg = AugmentConfig(**OFF, **{key: KEYS[key]})
+    assert cfg.enabled and cfg.handwriting and not cfg.affine
+    y = handwriting_variation(x.clone(), cfg, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    changed = (y - x).abs().flatten(1).amax(dim=1) > 1e-3
+    assert changed.any()
+    if key in ("blur", "min_resolution"):  # half the images, drawn per image
+        assert 0 < int(changed.sum()) < len(x)
+    # the same generator seed, the same augmentation; another seed, another one
+    again = handwriting_variation(x.clone(), cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(y, again)
+    assert not torch.equal(y, handwriting_variation(x.clone(), cfg, torch.Generator().manual_seed(1)))
+
+
+def test_stroke_goes_both_ways() -> None:
+    x = images()
+    y = handwriting_variation(x.clone(), AugmentConfig(**OFF, stroke=1.0), torch.Generator().manual_seed(0))
+    ink_change = (y - x).flatten(1).sum(dim=1)
+    assert (ink_change > 1).any() and (ink_change < -1).any()  # thicker and thinner strokes in one batch
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("elastic", -1.0, "data.augment.elastic=-1.0 must be a number in [0, 200]"),
+    ("stroke", 5.0, "data.augment.stroke=5.0 must be a number in [0, 3]"),
+    ("noise", "lots", "data.augment.noise='lots'"),
+    ("erasing", 1.5, "data.augment.erasing=1.5"),
+    ("min_resolution", 2, "data.augment.min_resolution=2 must be 0 (off)"),
+    ("min_resolution", 12.5, "data.augment.min_resolution=12.5"),
+    ("elastic_sigma", 0.0, "data.augment.elastic_sigma=0.0 must be in [0.5, 20]"),
+])
+def test_bad_values_are_refused(key: str, value: object, message: str) -> None:
+    with pytest.raises(UserError, match=__import__("re").escape(message)):
+        AugmentConfig(**{key: value})
+
+
+def test_background_norm_keeps_clean_digits_and_removes_a_grey_background() -> None:
+    mean, std = 0.1307, 0.3081
+    x = images()
+    norm = BackgroundNorm()
+    clean = norm((x - mean) / std) * std + mean  # back to pixels
+    assert (clean - x).abs().mean() < 0.01
+    grey = (x + 0.5).clamp(max=1.0)  # MNIST-C's brightness: a grey background, strokes saturated
+    fixed = norm((grey - mean) / std) * std + mean
+    assert (fixed - x).abs().mean() < 0.05 < (grey - x).abs().mean()

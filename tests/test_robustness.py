@@ -1,0 +1,267 @@
+"""The corruption benchmark: every corruption well-behaved, accuracy counted right, reports written, bad input refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, compose_config
+from vit_mnist.corruptions import KINDS, corrupt, draw_segments, stroke_width
+from vit_mnist.data import load_split
+from vit_mnist.errors import UserError
+from vit_mnist.evaluate import evaluate
+from vit_mnist.module import ViTClassifier
+from vit_mnist.robustness import (OUTPUT_FILES, SUITE_FILE, Scorer, build_suite, robustness, run_suite,
+                                  seen_names)
+from vit_mnist.sources import get_spec
+from vit_mnist.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = OmegaConf.to_container(OmegaConf.load(SUITE_FILE)["corruptions"])
+# Kinds whose result does not depend on the seed: nothing random in them.
+FIXED = {"brightness", "stripe", "scale", "canny_edges", "thin", "thick", "low_resolution"}
+EVAL = ["data.eval_batch_size=100", "data.download=false"]
+
+
+def digit_like(n: int = 48, seed: int = 0) -> torch.Tensor:
+    """uint8 (n, 1, 28, 28) images of two or three pen strokes inside the central 20x20 box, as MNIST digits sit."""
+    g = torch.Generator().manual_seed(seed)
+    points = 4 + torch.rand(n, 3, 2, 2, generator=g) * 20  # (n, strokes, start/end, (col, row))
+    x = draw_segments((n, 1, 28, 28), points[:, :, 0], points[:, :, 1])
+    x = stroke_width(x, 0.7)
+    return (x * 255).round().to(torch.uint8)
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.float() - b.float()) ** 2).mean().sqrt())
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_each_corruption_is_deterministic_keeps_format_and_changes_the_image(name: str) -> None:
+    entry = TABLE[name]
+    images = digit_like()
+    level = entry["levels"][entry["severity"] - 1]
+    first = corrupt(images, entry["kind"], level, seed=3, name=name)
+    again = corrupt(images, entry["kind"], level, seed=3, name=name)
+    assert torch.equal(first, again)
+    assert first.shape == images.shape and first.dtype == torch.uint8
+    assert rms(first, images) > 1.0  # it changed the images
+    if entry["kind"] not in FIXED:
+        assert not torch.equal(first, corrupt(images, entry["kind"], level, seed=4, name=name))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_higher_severity_moves_the_image_further(kind: str) -> None:
+    levels = next(e["levels"] for e in TABLE.values() if e["kind"] == kind)
+    images = digit_like()
+    distances = [rms(corrupt(images, kind, levels[s - 1], seed=0), images) for s in (1, 3, 5)]
+    assert distances[0] < distances[1] < distances[2], distances
+
+
+def test_every_kind_is_in_the_config_and_the_config_checks() -> None:
+    assert {e["kind"] for e in TABLE.values()} == set(KINDS)
+    mnist_c = [n for n, e in TABLE.items() if e["source"] == "mnist-c"]
+    assert len(mnist_c) == 15
+    suite = build_suite(TABLE)
+    assert [c.name for c in suite] == list(TABLE)
+    assert all(c.level == TABLE[c.name]["levels"][c.severity - 1] for c in suite)
+    assert {c.severity for c in build_suite(TABLE, severity=5)} == {5}
+    assert [c.name for c in build_suite(TABLE, only=["fog", "stripe"])] == ["stripe", "fog"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"only": ["fgo"]}, "names no corruption of the benchmark"),
+    ({"severity": 6}, "is not a severity"),
+    ({"severity": "high"}, "is not a severity"),
+    ({"severity": True}, "is not a severity"),
+])
+def test_bad_suite_options_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build_suite(TABLE, **kwargs)
+
+
+def test_bad_table_entries_are_refused() -> None:
+    with pytest.raises(UserError, match="is not a corruption this project implements"):
+        build_suite({"x": {"kind": "smudge", "severity": 1, "levels": [1, 2, 3, 4, 5]}})
+    with pytest.raises(UserError, match="must list the parameter at each of the 5"):
+        build_suite({"x": {"kind": "rotate", "severity": 1, "levels": [0.1]}})
+
+
+def test_seen_kinds_follow_the_training_augmentation() -> None:
+    suite = build_suite(TABLE)
+    assert seen_names(suite, {"rotation": 0.0, "translate": 0.0, "scale": [1.0, 1.0], "hflip": False}) == []
+    assert seen_names(suite, {"rotation": 10.0, "translate": 0.0, "scale": [1.0, 1.0]}) == ["rotate"]
+    robust = OmegaConf.load(ROOT / "conf/experiment/handwriting.yaml").data.augment  # experiment=robust's
+    seen = set(seen_names(suite, OmegaConf.to_container(robust)))
+    assert {"rotate", "scale", "translate", "off_centre", "elastic", "thin", "thick", "low_res_8",
+            "shot_noise", "glass_blur"} <= seen
+    assert not seen & {"fog", "brightness", "stripe", "zigzag", "dotted_line", "canny_edges", "shear"}
+
+
+def tiny_module(seed: int = 0) -> ViTClassifier:
+    torch.manual_seed(seed)
+    spec = get_spec("mnist")
+    model = {"image_size": 28, "in_channels": 1, "num_classes": 10, "patch_size": 7, "hidden_dim": 32, "depth": 1,
+             "heads": 2, "mlp_dim": 64}
+    return ViTClassifier(model=model, class_names=list(spec.classes), normalize={"mean": spec.mean, "std": spec.std})
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_benchmark_accuracy_equals_an_independent_count(tta: bool) -> None:
+    from vit_mnist.tta import tta_logits
+
+    module = tiny_module().eval()
+    spec = get_spec("mnist")
+    images = digit_like(60, seed=1)
+    with torch.no_grad():  # labels that this untrained model gets partly right, so the count is not trivial
+        labels = module((images.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
+    labels[::3] = (labels[::3] + 1) % 10
+    suite = build_suite(TABLE, only=["rotate", "fog", "thick"])
+    scorer = Scorer(module, spec.mean, spec.std, tta, torch.device("cpu"), 10, batch_size=7)
+    results, shown = run_suite([("m", "m.ckpt", scorer, [], {})], images, labels, suite, seed=5, examples=4)
+    for spec_c in suite:
+        corrupted = corrupt(images, spec_c.kind, spec_c.level, seed=5, name=spec_c.name)
+        with torch.no_grad():
+            x = (corrupted.float() / 255 - spec.mean) / spec.std
+            logits = tta_logits(module, x) if tta else module(x)
+        correct = int((logits.argmax(dim=1) == labels).sum())
+        assert results[0].accuracy[spec_c.name] == pytest.approx(correct / len(labels), abs=1e-7)
+        assert torch.equal(shown[spec_c.name], corrupted[:4])
+    assert results[0].mca == pytest.approx(sum(results[0].accuracy.values()) / 3)
+    assert 0.0 < results[0].clean < 1.0
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("train")
+    return train(compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", "robustness=true",
+                                        "robustness_images=60"], out))
+
+
+def robustness_config(data_dir: Path, out: Path, *overrides: str):
+    return compose_config([f"paths.data_dir={data_dir}", *EVAL, *overrides], out, "robustness")
+
+
+def test_clean_accuracy_equals_evaluate_and_reports_are_written(trained: dict, data_dir: Path, tmp_path: Path) -> None:
+    ckpt = trained["best_checkpoint"]
+    summary = robustness(robustness_config(data_dir, tmp_path / "rob", f"ckpt_path={ckpt}", "batch_size=100",
+                                           "only=[fog,rotate,low_res_8]"))
+    evaluated = evaluate(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", *EVAL,
+                                         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"],
+                                        tmp_path / "eval", "evaluate"))
+    model = summary["models"][0]
+    assert model["clean_acc"] == evaluated["test/acc"]  # exactly: the same images, batches and operations
+    assert set(model["acc"]) == {"fog", "rotate", "low_res_8"}
+    assert model["seen"] == ["rotate"]  # the default recipe rotates, translates and scales
+    assert model["unseen_mca"] == pytest.approx((model["acc"]["fog"] + model["acc"]["low_res_8"]) / 2)
+    out = tmp_path / "rob"
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file(), name
+    rows = list(csv.reader((out / "robustness.csv").open()))
+    assert rows[0][:3] == ["corruption", "severity", "source"] and [r[0] for r in rows[1:]] == [
+        "clean", "mca", "unseen_mca", "rotate", "fog", "low_res_8"]
+    assert "| rotate (s2) |" in (out / "robustness.md").read_text() and "*" in (out / "robustness.md").read_text()
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"robustness/mca", "robustness/clean", "robustness/acc/fog"} <= set(events.Tags()["scalars"])
+    assert {"robustness/accuracy", "robustness/examples"} <= set(events.Tags()["images"])
+
+
+def test_the_training_run_reports_robustness(trained: dict) -> None:
+    out = Path(trained["best_checkpoint"]).parents[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    per_kind = {k: v for k, v in metrics.items() if k.startswith("test/corrupt/")}
+    assert len(per_kind) == len(TABLE)
+    assert metrics["test/mca"] == pytest.approx(sum(per_kind.values()) / len(per_kind))
+    assert metrics["robustness_images"] == 60
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["models"][0]["mca"] == pytest.approx(metrics["test/mca"])
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    plugins = events.PluginTagToContent("hparams")
+    assert b"test/mca" in plugins["_hparams_/experiment"]  # the HParams tab compares runs by it
+    assert {"robustness/mca", "robustness/unseen_mca"} <= set(events.Tags()["scalars"])
+
+
+def test_several_checkpoints_side_by_side(trained: dict, data_dir: Path, tmp_path: Path) -> None:
+    from tests.test_evaluate import untrained_checkpoint
+
+    other = untrained_checkpoint(tmp_path / "untrained.ckpt", "mnist")
+    summary = robustness(robustness_config(data_dir, tmp_path / "rob", f"ckpt_paths=[{trained['best_checkpoint']},{other}]",
+                                           "names=[trained,untrained]", "only=[stripe]", "num_images=50"))
+    assert [m["name"] for m in summary["models"]] == ["trained", "untrained"]
+    header = next(csv.reader((tmp_path / "rob" / "robustness.csv").open()))
+    assert header[3:] == ["trained", "untrained"]
+    assert "| | trained | untrained |" in (tmp_path / "rob" / "robustness.md").read_text()
+    assert summary["num_images"] == 50
+
+
+def test_serve_says_what_robustness_the_checkpoint_has(trained: dict, tmp_path: Path) -> None:
+    from vit_mnist.serve import robustness_note
+
+    note = robustness_note(trained["best_checkpoint"])  # a run with robustness=true
+    report = json.loads((Path(trained["best_checkpoint"]).parents[1] / "robustness.json").read_text())
+    assert f"{100 * report['models'][0]['mca']:.1f}% (mCA" in note
+    assert "was not measured" in robustness_note(str(tmp_path / "run" / "checkpoints" / "best.ckpt"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "vit_mnist.robustness", *args, *EVAL], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["only=[fgo]"], "names no corruption"),
+    (["severity=7"], "is not a severity"),
+    (["num_images=0"], "must be a positive whole number"),
+    (["names=[a,b]"], "has 2 names for 1 checkpoints"),
+])
+def test_cli_bad_input_gives_one_paragraph_and_no_folder(args: list[str], message: str, trained: dict,
+                                                         data_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "rob"
+    result = run_cli(f"ckpt_path={trained['best_checkpoint']}", f"paths.data_dir={data_dir}",
+                     f"hydra.run.dir={run_dir}", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr + result.stdout
+    assert not run_dir.exists()
+
+
+def test_cli_bad_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    for args, message in (([f"ckpt_path={bad}"], "is not a readable vit-mnist checkpoint"),
+                          ([f"ckpt_path={tmp_path}/missing.ckpt"], "does not exist"),
+                          ([], "No checkpoint to test")):
+        run_dir = tmp_path / "rob"
+        result = run_cli(*args, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+        assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr
+        assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_real_mnist_corruptions_look_like_the_paper(tmp_path: Path) -> None:
+    """On real test digits: each corruption at its severity keeps most digits' ink where MNIST-C's does."""
+    data_dir = os.environ.get("VIT_MNIST_DATA_DIR", str(ROOT / "data"))
+    if not (Path(data_dir) / "MNIST" / "raw").is_dir():
+        pytest.skip("the real MNIST files are not there (VIT_MNIST_DATA_DIR)")
+    images, _ = load_split("mnist", data_dir, "test", download=False)
+    images = images[:500]
+    for name, entry in TABLE.items():
+        out = corrupt(images, entry["kind"], entry["levels"][entry["severity"] - 1], name=name)
+        assert out.dtype == torch.uint8 and out.shape == images.shape
+        assert 0 < rms(out, images) < 160, name
+    # brightness at MNIST-C's severity lifts the black background to grey 0.5
+    bright = corrupt(images, "brightness", 0.5)
+    assert int(np.median(bright.numpy())) == 128

@@ -1,0 +1,451 @@
+"""Image corruptions for the robustness benchmark: MNIST-C's fifteen and the shifts other handwriting brings.
+
+Every corruption is a function `fn(x, level, gen) -> x'` on a float batch (B, 1, H, W) with pixels in [0, 1]
+(white digit on black, as MNIST). `level` is one entry of that corruption's `levels` list in
+`conf/robustness.yaml` (severity 1 is the first entry); `gen` is a CPU `torch.Generator`. Random numbers are
+always drawn on the CPU from `gen` and then moved to the batch's device, so a seed gives the same corrupted
+images on any device. `corrupt()` wraps a corruption for uint8 images: it quantises the result back to uint8,
+as a corrupted image saved to disk would be.
+
+The definitions and MNIST-C severities follow Mu & Gilmer (2019), "MNIST-C: A Robustness Benchmark for Computer
+Vision", and its reference code; where a step there is sequential per pixel (glass blur's local shuffle) or
+comes from an image library (ImageMagick's motion blur, diamond-square fog), this module has a batched tensor
+equivalent, said in the function's docstring.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Corruption = Callable[[torch.Tensor, object, torch.Generator], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+def _rand(gen: torch.Generator, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.rand(tuple(shape), generator=gen).to(device)
+
+
+def _randn(gen: torch.Generator, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=gen).to(device)
+
+
+def _signs(gen: torch.Generator, n: int, device: torch.device) -> torch.Tensor:
+    return torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(device)
+
+
+def gaussian_kernel1d(sigma: torch.Tensor | float, radius: int | None = None) -> torch.Tensor:
+    """Normalised 1D Gaussian weights, (len(sigma), 2r+1) for a tensor of sigmas; truncated at 4 sigma
+    (scikit-image's default), so the blur matches `skimage.filters.gaussian`."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).clamp_min(1e-3)
+    radius = int(math.ceil(4.0 * float(sigma.max()))) if radius is None else radius
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    w = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def blur_matrix(sigma: torch.Tensor | float, size: int) -> torch.Tensor:
+    """(len(sigma), size, size) matrices M with M @ signal = the signal blurred along its length, edge values
+    repeated beyond the ends (skimage's `mode='nearest'`)."""
+    kernel = gaussian_kernel1d(sigma)  # (S, 2r+1)
+    r = kernel.shape[1] // 2
+    out = torch.arange(size).view(size, 1)
+    src = (out + torch.arange(-r, r + 1).view(1, -1)).clamp(0, size - 1)  # (size, 2r+1) source of each tap
+    matrix = torch.zeros(kernel.shape[0], size, size)
+    matrix.scatter_add_(2, src.expand(kernel.shape[0], -1, -1), kernel[:, None, :].expand(-1, size, -1))
+    return matrix
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), edges repeated; `sigma` one value or one per image (B,).
+
+    Two small matrix products (rows, then columns): on 28x28 images far faster on a CPU than a convolution
+    with a long 1-pixel-wide kernel.
+    """
+    B, C, H, W = x.shape
+    rows = blur_matrix(sigma, H).to(x.device, x.dtype)
+    cols = blur_matrix(sigma, W).to(x.device, x.dtype)
+    if rows.shape[0] > 1:  # per image: (B, 1, H, H) broadcast over channels
+        rows, cols = rows[:, None], cols[:, None]
+    return rows @ x @ cols.transpose(-1, -2)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Resample (B, C, H, W) through per-image 2x3 affine maps from output to input coordinates (normalised
+    [-1, 1], centre 0, which is the image centre (13.5, 13.5) of a 28x28 grid); outside is black."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def _linear(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor,
+            tx: torch.Tensor | None = None, ty: torch.Tensor | None = None) -> torch.Tensor:
+    zero = torch.zeros_like(a)
+    tx = zero if tx is None else tx
+    ty = zero if ty is None else ty
+    return torch.stack([torch.stack([a, b, tx], dim=1), torch.stack([c, d, ty], dim=1)], dim=1)
+
+
+def _pixel_grid(H: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.arange(H, dtype=torch.float32, device=device).view(1, H, 1)
+    cols = torch.arange(W, dtype=torch.float32, device=device).view(1, 1, W)
+    return rows, cols
+
+
+def draw_segments(shape: Sequence[int], starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Anti-aliased line segments: (B, S, 2) start and end points as (col, row) -> (B, 1, H, W) in [0, 1].
+
+    The intensity profile is MNIST-C's: log(1 - d / 2.3) + 1 at a distance d from the line, clipped to [0, 1]
+    (1 on the line, 0 beyond about 1.45 pixels), so a drawn line looks like a pen stroke of the digits' width.
+    """
+    B, _, H, W = shape
+    device = starts.device
+    rows, cols = _pixel_grid(H, W, device)
+    canvas = torch.zeros(B, H, W, device=device)
+    for s in range(starts.shape[1]):
+        (c0, r0), (c1, r1) = starts[:, s].unbind(-1), ends[:, s].unbind(-1)
+        dc, dr = (c1 - c0).view(B, 1, 1), (r1 - r0).view(B, 1, 1)
+        length2 = (dc**2 + dr**2).clamp_min(1e-6)
+        t = (((cols - c0.view(B, 1, 1)) * dc + (rows - r0.view(B, 1, 1)) * dr) / length2).clamp(0.0, 1.0)
+        d = torch.sqrt((cols - c0.view(B, 1, 1) - t * dc) ** 2 + (rows - r0.view(B, 1, 1) - t * dr) ** 2)
+        stroke = (torch.log((1.0 - d.clamp(max=2.3 - 1e-6) / 2.3)) + 1.0).clamp(0.0, 1.0)
+        canvas = torch.maximum(canvas, stroke)
+    return canvas.unsqueeze(1)
+
+
+def _morph(x: torch.Tensor, steps: int, dilate: bool) -> torch.Tensor:
+    """Grayscale dilation (max) or erosion (min) with a 3x3 cross, `steps` times: one pixel per step."""
+    sign = 1.0 if dilate else -1.0
+    y = x * sign
+    for _ in range(steps):  # the cross is the union of a vertical and a horizontal 3-pixel line
+        y = torch.maximum(F.max_pool2d(y, (3, 1), stride=1, padding=(1, 0)),
+                          F.max_pool2d(y, (1, 3), stride=1, padding=(0, 1)))
+    return y * sign
+
+
+def stroke_width(x: torch.Tensor, amount: torch.Tensor | float) -> torch.Tensor:
+    """Thicker (amount > 0) or thinner (amount < 0) strokes by |amount| pixels per side; fractions blend two steps.
+
+    `amount` is one value or one per image (B,). Morphology on grey levels keeps the anti-aliased edges.
+    """
+    amount = torch.as_tensor(amount, dtype=x.dtype, device=x.device).reshape(-1)
+    amount = amount.expand(x.shape[0]) if amount.numel() == 1 else amount
+    steps = int(math.ceil(float(amount.abs().max()))) if len(amount) else 0
+    if steps == 0:
+        return x
+    out = x.clone()
+    for dilate in (True, False):
+        a = amount.clamp(min=0) if dilate else (-amount).clamp(min=0)
+        if not bool((a > 0).any()):
+            continue
+        ladder = [x]
+        for _ in range(steps):
+            ladder.append(_morph(ladder[-1], 1, dilate))
+        ladder_t = torch.stack(ladder)  # (steps+1, B, C, H, W)
+        low = a.floor().long().clamp(max=steps - 1)
+        frac = (a - low).view(-1, 1, 1, 1)
+        idx = torch.arange(x.shape[0], device=x.device)
+        blended = ladder_t[low, idx] * (1 - frac) + ladder_t[low + 1, idx] * frac
+        chosen = (a > 0).view(-1, 1, 1, 1)
+        out = torch.where(chosen, blended, out)
+    return out
+
+
+def resample_resolution(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Down to size x size by area averaging (what a low-resolution scan records), back up bilinearly."""
+    H, W = x.shape[-2:]
+    if size >= min(H, W):
+        return x
+    small = F.interpolate(x, size=(size, size), mode="area")
+    return F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+
+
+def fractal_noise(gen: torch.Generator, n: int, size: int, decay: float, device: torch.device) -> torch.Tensor:
+    """(n, 1, size, size) plasma-like fractal noise in [0, 1]: random grids of 2, 4, 8, ... cells, bilinearly
+    enlarged and summed with amplitudes shrinking by `decay` per octave. It has the spectrum of MNIST-C's
+    diamond-square plasma (`wibbledecay`) and is batched."""
+    total = torch.zeros(n, 1, size, size, device=device)
+    cells, amplitude = 2, 1.0
+    while cells <= size:
+        grid = _rand(gen, (n, 1, cells + 1, cells + 1), device) * 2 - 1
+        total += amplitude * F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=True)
+        cells, amplitude = cells * 2, amplitude / decay
+    low = total.amin(dim=(2, 3), keepdim=True)
+    high = total.amax(dim=(2, 3), keepdim=True)
+    return (total - low) / (high - low).clamp_min(1e-6)
+
+
+# ------------------------------------------------------------------------------------------- MNIST-C corruptions
+
+def shot_noise(x: torch.Tensor, photons: float, gen: torch.Generator) -> torch.Tensor:
+    """Poisson noise: each pixel counts Poisson(x * photons) photons; fewer photons, noisier."""
+    counts = torch.poisson((x * float(photons)).cpu(), generator=gen).to(x.device)
+    return (counts / float(photons)).clamp(0.0, 1.0)
+
+
+def impulse_noise(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Salt and pepper: a fraction `amount` of the pixels set to white or black, half each."""
+    u = _rand(gen, x.shape, x.device)
+    x = torch.where(u < amount / 2, torch.ones_like(x), x)
+    return torch.where((u >= amount / 2) & (u < amount), torch.zeros_like(x), x)
+
+
+def glass_blur(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) -> torch.Tensor:
+    """Blur, scramble pixels locally, blur again; level = (sigma, max_delta, iterations).
+
+    MNIST-C swaps pixel pairs one at a time; here each pixel, with probability 1/2 per iteration, takes the value
+    of a random neighbour within `max_delta` in one gather, which scrambles as locally and is batched.
+    """
+    sigma, delta, iterations = float(level[0]), int(level[1]), int(level[2])
+    B, C, H, W = x.shape
+    x = gaussian_blur(x, sigma)
+    rows, cols = _pixel_grid(H, W, x.device)
+    flat = x.reshape(B, C, H * W)
+    for _ in range(iterations):
+        move = (_rand(gen, (B, H, W), x.device) < 0.5).float()
+        dy = torch.randint(-delta, delta, (B, H, W), generator=gen).to(x.device) * move
+        dx = torch.randint(-delta, delta, (B, H, W), generator=gen).to(x.device) * move
+        src = ((rows + dy).clamp(0, H - 1) * W + (cols + dx).clamp(0, W - 1)).long().reshape(B, 1, H * W)
+        flat = torch.gather(flat, 2, src.expand(B, C, H * W))
+    return gaussian_blur(flat.reshape(B, C, H, W), sigma).clamp(0.0, 1.0)
+
+
+def motion_blur(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) -> torch.Tensor:
+    """One-sided blur along a random direction within 45 degrees of horizontal; level = (radius, sigma).
+
+    ImageMagick's MotionBlurImage (what MNIST-C calls) averages 2*radius+1 samples taken 0, 1, 2, ... pixels
+    along the direction, weighted by a Gaussian of `sigma` in the sample index; the same here, batched with
+    one resampling per tap.
+    """
+    radius, sigma = int(level[0]), float(level[1])
+    B = x.shape[0]
+    angle = (_rand(gen, (B,), x.device) * 90.0 - 45.0) * (math.pi / 180.0)
+    taps = torch.arange(2 * radius + 1, dtype=torch.float32)
+    weights = torch.exp(-0.5 * (taps / sigma) ** 2)
+    weights = (weights / weights.sum()).tolist()
+    step_x, step_y = torch.cos(angle) * 2.0 / x.shape[-1], -torch.sin(angle) * 2.0 / x.shape[-2]
+    one, zero = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
+    out = torch.zeros_like(x)
+    for i, w in enumerate(weights):
+        if w < 1e-4:
+            break
+        out += w * warp(x, _linear(one, zero, zero, one, step_x * i, step_y * i))
+    return out.clamp(0.0, 1.0)
+
+
+def shear(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Shear by `amount` radians, left or right at random, about the image centre."""
+    B = x.shape[0]
+    s = _signs(gen, B, x.device) * float(amount)
+    one, zero = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
+    return warp(x, _linear(one, -torch.sin(s), zero, torch.cos(s))).clamp(0.0, 1.0)
+
+
+def rotate(x: torch.Tensor, radians: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate by `radians`, either way at random, about the image centre."""
+    a = _signs(gen, x.shape[0], x.device) * float(radians)
+    return warp(x, _linear(torch.cos(a), -torch.sin(a), torch.sin(a), torch.cos(a))).clamp(0.0, 1.0)
+
+
+def scale(x: torch.Tensor, factor: float, gen: torch.Generator) -> torch.Tensor:
+    """Shrink (factor < 1) or enlarge the digit about the image centre."""
+    B = x.shape[0]
+    inv = torch.full((B,), 1.0 / float(factor), device=x.device)
+    zero = torch.zeros(B, device=x.device)
+    return warp(x, _linear(inv, zero, zero, inv)).clamp(0.0, 1.0)
+
+
+def translate(x: torch.Tensor, pixels: float, gen: torch.Generator) -> torch.Tensor:
+    """Shift by `pixels` along both axes, each direction chosen at random."""
+    B, _, H, W = x.shape
+    tx = _signs(gen, B, x.device) * float(pixels) * 2.0 / W
+    ty = _signs(gen, B, x.device) * float(pixels) * 2.0 / H
+    one, zero = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
+    return warp(x, _linear(one, zero, zero, one, tx, ty)).clamp(0.0, 1.0)
+
+
+def brightness(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Raise the HSV value by `amount`: for a grey image, every pixel brighter, the black background grey."""
+    return (x + float(amount)).clamp(0.0, 1.0)
+
+
+def stripe(x: torch.Tensor, width: int, gen: torch.Generator) -> torch.Tensor:
+    """Invert the `width` leftmost and rightmost columns (MNIST-C inverts 7 of 28 on each side)."""
+    width = int(width)
+    x = x.clone()
+    x[..., :width] = 1.0 - x[..., :width]
+    x[..., x.shape[-1] - width:] = 1.0 - x[..., x.shape[-1] - width:]
+    return x
+
+
+def fog(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) -> torch.Tensor:
+    """Add fractal fog of strength `level[0]` (octave decay `level[1]`) and rescale to keep the digit's peak."""
+    strength, decay = float(level[0]), float(level[1])
+    B, _, H, W = x.shape
+    size = 1 << max(H, W - 1).bit_length()  # the power of two that covers the image, cropped after
+    noise = fractal_noise(gen, B, size, decay, x.device)[..., :H, :W]
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x + strength * noise) * peak / (peak + strength)).clamp(0.0, 1.0)
+
+
+def spatter(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) -> torch.Tensor:
+    """Mud blobs of grey 63/255 over the image; level = (mean, std, sigma, threshold, mask sigma).
+
+    Gaussian noise blurred by `sigma` is thresholded into blobs, whose blurred mask, where above 0.8, is mud.
+    """
+    loc, std, sigma, threshold, mask_sigma = (float(v) for v in level[:5])
+    liquid = gaussian_blur(_randn(gen, x.shape, x.device) * std + loc, sigma)
+    mask = gaussian_blur((liquid > threshold).float(), mask_sigma)
+    mask = torch.where(mask < 0.8, torch.zeros_like(mask), mask)
+    return (x * (1 - mask) + (63.0 / 255.0) * mask).clamp(0.0, 1.0)
+
+
+def dotted_line(x: torch.Tensor, lines: int, gen: torch.Generator) -> torch.Tensor:
+    """`lines` dashed lines (2 pixels on, 2 off) across the whole image, from and to random rows."""
+    B, _, H, W = x.shape
+    rows = torch.randint(0, H - 1, (B, int(lines), 2), generator=gen).float().to(x.device)
+    starts = torch.stack([torch.zeros_like(rows[..., 0]), rows[..., 0]], dim=-1)
+    ends = torch.stack([torch.full_like(rows[..., 1], W - 1.0), rows[..., 1]], dim=-1)
+    canvas = torch.zeros_like(x)
+    for i in range(int(lines)):  # each line dashed on its own columns
+        canvas = torch.maximum(canvas, draw_segments(x.shape, starts[:, i:i + 1], ends[:, i:i + 1]))
+    dashes = ((torch.arange(W, device=x.device) // 2) % 2 == 1).float()  # columns 2-3, 6-7, ... drawn
+    return (x + canvas * dashes).clamp(0.0, 1.0)
+
+
+def zigzag(x: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """`count` zigzag lines (teeth 2 pixels long and 2 high) from column 2 to 25, each at a random row and slant."""
+    B, _, H, W = x.shape
+    c0, c1, a, b = 2.0, 25.0, 2.0, 2.0
+    out = x
+    for _ in range(int(count)):
+        r0 = torch.randint(0, H - 1, (B,), generator=gen).float()
+        r1 = r0 + torch.randint(-5, 5, (B,), generator=gen).float()
+        theta = torch.atan((r1 - r0) / (c1 - c0))
+        length = (c1 - c0) / torch.cos(theta)
+        teeth = int(float(length.max()) // (2 * a)) * 2 + 2
+        along = torch.arange(teeth + 1, dtype=torch.float32) * a  # corner points every `a` pixels
+        across = torch.where(torch.arange(teeth + 1) % 2 == 1, b, 0.0) * torch.where(
+            (torch.arange(teeth + 1) // 2) % 2 == 1, -1.0, 1.0)
+        along = torch.minimum(along[None, :], length[:, None])  # stop at the line's end
+        cols = c0 + along * torch.cos(theta)[:, None] - across[None, :] * torch.sin(theta)[:, None]
+        rows = r0[:, None] + along * torch.sin(theta)[:, None] + across[None, :] * torch.cos(theta)[:, None]
+        points = torch.stack([cols, rows], dim=-1).to(x.device)
+        out = (out + draw_segments(x.shape, points[:, :-1], points[:, 1:])).clamp(0.0, 1.0)
+    return out
+
+
+def canny_edges(x: torch.Tensor, blend: float, gen: torch.Generator) -> torch.Tensor:
+    """The digit's Canny edges (MNIST-C: the edges alone, blend 1.0); lower severities blend them with the image.
+
+    Canny's non-maximum suppression and hysteresis are fiddly to get right; scikit-image's `feature.canny` is
+    what MNIST-C used, so it is called per image here (about a millisecond each on a CPU).
+    """
+    from skimage import feature
+
+    images = x.detach().cpu().numpy()
+    edges = np.stack([[feature.canny(channel.astype(np.float64)) for channel in image] for image in images])
+    edges_t = torch.from_numpy(edges.astype(np.float32)).to(x.device)
+    return (1.0 - float(blend)) * x + float(blend) * edges_t
+
+
+# ------------------------------------------------------------------------------- shifts of other handwriting
+
+def thin(x: torch.Tensor, pixels: float, gen: torch.Generator) -> torch.Tensor:
+    """Thinner strokes: grey-level erosion by `pixels` per side (a fine pen instead of MNIST's thick one)."""
+    return stroke_width(x, -float(pixels))
+
+
+def thick(x: torch.Tensor, pixels: float, gen: torch.Generator) -> torch.Tensor:
+    """Thicker strokes: grey-level dilation by `pixels` per side (a marker, or a finger on the web app)."""
+    return stroke_width(x, float(pixels))
+
+
+def low_resolution(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Scanned at size x size pixels and enlarged back to the full size."""
+    return resample_resolution(x, int(size))
+
+
+def elastic(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) -> torch.Tensor:
+    """Elastic distortion (Simard et al., 2003): a random displacement field, smoothed by a Gaussian of `sigma`
+    pixels and scaled by `alpha`, moves every pixel; level = (alpha, sigma)."""
+    alpha, sigma = float(level[0]), float(level[1])
+    return elastic_warp(x, alpha, sigma, gen)
+
+
+def elastic_warp(x: torch.Tensor, alpha: float | torch.Tensor, sigma: float,
+                 gen: torch.Generator | None = None) -> torch.Tensor:
+    """Simard's elastic distortion of a batch; `alpha` one value or one per image (B,)."""
+    B, _, H, W = x.shape
+    # drawn where the generator lives (the CPU for the benchmark, the batch's device in training)
+    field = torch.rand((B, 2, H, W), generator=gen, device=gen.device if gen is not None else x.device)
+    field = field.to(x.device) * 2 - 1
+    field = gaussian_blur(field, sigma)
+    alpha_t = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    dx, dy = (field * alpha_t).unbind(1)  # pixels
+    rows, cols = _pixel_grid(H, W, x.device)
+    # grid_sample's normalised coordinates (align_corners=False): pixel i sits at (2i + 1) / size - 1
+    gx = (2 * (cols + dx) + 1) / W - 1
+    gy = (2 * (rows + dy) + 1) / H - 1
+    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="zeros",
+                         align_corners=False).clamp(0.0, 1.0)
+
+
+def off_centre(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """Move the digit to a random place within `fraction` of the room its bounding box has to each border.
+
+    MNIST centres each digit by its centre of mass in a 20x20 box; a digit cut from a form or a photo sits
+    wherever it was written. At fraction 1 the digit may touch any border, but is never cut.
+    """
+    B, _, H, W = x.shape
+    ink = x[:, 0] > 0.1
+    rows_any, cols_any = ink.any(dim=2), ink.any(dim=1)
+    idx_r = torch.arange(H, device=x.device).expand(B, H)
+    idx_c = torch.arange(W, device=x.device).expand(B, W)
+    top = torch.where(rows_any, idx_r, H).amin(dim=1).clamp(max=H // 2)
+    bottom = torch.where(rows_any, idx_r, -1).amax(dim=1).clamp(min=H // 2)
+    left = torch.where(cols_any, idx_c, W).amin(dim=1).clamp(max=W // 2)
+    right = torch.where(cols_any, idx_c, -1).amax(dim=1).clamp(min=W // 2)
+    u, v = _rand(gen, (B,), x.device), _rand(gen, (B,), x.device)
+    f = float(fraction)
+    # a shift in [-room before, +room after], scaled by the fraction, whole pixels so strokes stay sharp
+    dx = torch.round((-left.float() + u * (left.float() + (W - 1 - right).float())) * f)
+    dy = torch.round((-top.float() + v * (top.float() + (H - 1 - bottom).float())) * f)
+    one, zero = torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
+    return warp(x, _linear(one, zero, zero, one, -dx * 2.0 / W, -dy * 2.0 / H)).clamp(0.0, 1.0)
+
+
+KINDS: dict[str, Corruption] = {
+    fn.__name__: fn
+    for fn in (shot_noise, impulse_noise, glass_blur, motion_blur, shear, scale, rotate, brightness, translate,
+               stripe, fog, spatter, dotted_line, zigzag, canny_edges, thin, thick, low_resolution, elastic,
+               off_centre)
+}
+
+
+def corruption_seed(seed: int, name: str, chunk: int) -> int:
+    """A seed for one corruption and one chunk of images, stable across runs, machines and Python versions."""
+    return zlib.crc32(f"{seed}:{name}:{chunk}".encode())
+
+
+def corrupt(images: torch.Tensor, kind: str, level: object, seed: int = 0, name: str | None = None,
+            chunk_size: int = 1000) -> torch.Tensor:
+    """uint8 images (N, 1, H, W) -> corrupted uint8 images, the same for a seed whatever the device or batch size.
+
+    The images are corrupted in fixed chunks of `chunk_size`, each with its own generator, so memory stays bounded
+    and the result does not depend on how the caller batches its evaluation.
+    """
+    fn = KINDS[kind]
+    name = name or kind
+    out = torch.empty_like(images)
+    for chunk, start in enumerate(range(0, len(images), chunk_size)):
+        gen = torch.Generator().manual_seed(corruption_seed(seed, name, chunk))
+        x = images[start:start + chunk_size].float() / 255.0
+        y = fn(x, level, gen)
+        out[start:start + chunk_size] = (y.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return out

@@ -43,6 +43,19 @@ def test_each_key_changes_images_in_range_and_per_image(key: str) -> None:
     assert not torch.equal(y, handwriting_variation(x.clone(), cfg, torch.Generator().manual_seed(1)))
 
 
+def test_handwriting_p_leaves_the_rest_of_the_batch_untouched() -> None:
+    x = images()
+    cfg = AugmentConfig(**OFF, min_resolution=10, noise=0.1, handwriting_p=0.5)
+    y = augment(x.clone(), cfg, torch.Generator().manual_seed(0))
+    changed = (y - x).abs().flatten(1).amax(dim=1) > 1e-6
+    assert 0.25 * len(x) < int(changed.sum()) < 0.75 * len(x)  # about half, drawn per image
+    before = x.clone()
+    handwriting_variation(x, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(x, before)  # never changes its input in place
+    with pytest.raises(UserError, match="handwriting_p=0.0 must be in"):
+        AugmentConfig(handwriting_p=0.0)
+
+
 def test_stroke_goes_both_ways() -> None:
     x = images()
     y = handwriting_variation(x.clone(), AugmentConfig(**OFF, stroke=1.0), torch.Generator().manual_seed(0))

@@ -31,6 +31,7 @@ class AugmentConfig:
     min_resolution: int = 0  # half the images scanned at a size uniform in [min_resolution, 27], e.g. 10
     noise: float = 0.0  # additive Gaussian noise, std uniform in [0, noise] (pixels in [0, 1]), e.g. 0.1
     erasing: float = 0.0  # probability of erasing one random rectangle (2-15% of the image), e.g. 0.25
+    handwriting_p: float = 1.0  # the share of images that get the handwriting variation above (the rest: none)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.rotation) <= 180.0:
@@ -58,6 +59,10 @@ class AugmentConfig:
                 or not 0.5 <= self.elastic_sigma <= 20:
             raise UserError(f"data.augment.elastic_sigma={self.elastic_sigma!r} must be in [0.5, 20] pixels "
                             "(the smoothness of the elastic field; Simard et al. use 4).")
+        p = self.handwriting_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+            raise UserError(f"data.augment.handwriting_p={p!r} must be in (0, 1]: the share of training images that "
+                            "get the handwriting variation (1.0: all of them; turn a variation off with its own key).")
         res = self.min_resolution
         if isinstance(res, bool) or not isinstance(res, int) or not (res == 0 or 4 <= res <= 27):
             raise UserError(f"data.augment.min_resolution={res!r} must be 0 (off) or a whole number of pixels in "
@@ -90,7 +95,11 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
     """All of the training augmentation of a float batch (B, C, H, W) in [0, 1]: handwriting variation, then the
     random affine warp."""
     if cfg.handwriting:
-        images = handwriting_variation(images, cfg, generator)
+        varied = handwriting_variation(images, cfg, generator)
+        if cfg.handwriting_p < 1.0:  # the rest of the batch stays as drawn, so clean digits are still learnt
+            keep = torch.rand(images.shape[0], device=images.device, generator=generator) >= cfg.handwriting_p
+            varied = torch.where(keep.view(-1, 1, 1, 1), images, varied)
+        images = varied
     return random_affine(images, cfg, generator)
 
 
@@ -104,7 +113,7 @@ def handwriting_variation(images: torch.Tensor, cfg: AugmentConfig, generator: t
     """
     from vit_mnist.corruptions import elastic_warp, gaussian_blur, resample_resolution, stroke_width
 
-    x = images
+    x = images.clone()  # the caller's batch stays as it was (handwriting_p keeps part of it)
     B, _, H, W = x.shape
     device = x.device
 

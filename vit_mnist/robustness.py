@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
-from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, run_job
+from vit_mnist.config import CONFIG_DIR, is_multirun, precheck
 from vit_mnist.corruptions import KINDS, corrupt
 from vit_mnist.errors import UserError, report
 from vit_mnist.reports import write_atomic, write_json
@@ -438,6 +438,8 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="robustness")
 def hydra_main(cfg: DictConfig) -> float | None:
     """The first checkpoint's mCA (for sweeps over the benchmark's settings)."""
+    from vit_mnist.config import run_job
+
     summary = run_job(cfg, robustness, failed=None)
     return None if summary is None else summary["models"][0]["mca"]
 

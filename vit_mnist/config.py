@@ -151,3 +151,20 @@ def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any], failed: Any = No
         if removable:
             shutil.rmtree(out_dir, ignore_errors=True)
         report(e)
+
+
+def checkpoint_entry_main(config_name: str, check: Callable[[DictConfig], Any], hydra_main: Callable[[], Any]) -> None:
+    """`main()` of an entry that reads a checkpoint (evaluate, robustness): take the checkpoint's dataset unless
+    the command line names one, check config and checkpoint before Hydra makes a folder, then run."""
+    from vit_mnist.errors import report
+    from vit_mnist.evaluate import with_checkpoint_dataset
+
+    argv = sys.argv[1:]
+    try:
+        if not is_multirun(argv):
+            argv = with_checkpoint_dataset(argv)
+            precheck(config_name, argv, check)
+    except UserError as e:
+        report(e)
+    sys.argv = [sys.argv[0], *argv]
+    hydra_main()

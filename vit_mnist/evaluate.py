@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vit_mnist.checkpoints import read_checkpoint
-from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, run_job
+from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.distributed import check_accelerator
-from vit_mnist.errors import UserError, report
+from vit_mnist.errors import UserError
 from vit_mnist.module import ViTClassifier
 from vit_mnist.reports import summary_metrics, write_json, write_test_reports
 from vit_mnist.sources import get_spec
@@ -160,15 +159,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Check the checkpoint and config before Hydra makes a folder, then run."""
-    argv = sys.argv[1:]
-    try:
-        if not is_multirun(argv):
-            argv = with_checkpoint_dataset(argv)
-            precheck("evaluate", argv, check_config)
-    except UserError as e:
-        report(e)
-    sys.argv = [sys.argv[0], *argv]
-    hydra_main()
+    checkpoint_entry_main("evaluate", check_config, hydra_main)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import csv
 import io
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
-from vit_mnist.config import CONFIG_DIR, is_multirun, precheck
+from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.corruptions import KINDS, corrupt
-from vit_mnist.errors import UserError, report
+from vit_mnist.errors import UserError
 from vit_mnist.reports import write_atomic, write_json
 from vit_mnist.tta import tta_logits
 
@@ -438,31 +437,13 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="robustness")
 def hydra_main(cfg: DictConfig) -> float | None:
     """The first checkpoint's mCA (for sweeps over the benchmark's settings)."""
-    from vit_mnist.config import run_job
-
     summary = run_job(cfg, robustness, failed=None)
     return None if summary is None else summary["models"][0]["mca"]
 
 
 def main() -> None:
-    """Check the checkpoints and the suite before Hydra makes a folder, then run."""
-    argv = sys.argv[1:]
-    try:
-        if not is_multirun(argv):
-            argv = _with_checkpoint_dataset(argv)
-            precheck("robustness", argv, check_config)
-    except UserError as e:
-        report(e)
-    sys.argv = [sys.argv[0], *argv]
-    torch.set_float32_matmul_precision("high")  # as in training and evaluate, so the numbers agree
-    hydra_main()
-
-
-def _with_checkpoint_dataset(argv: list[str]) -> list[str]:
-    """`data=<the checkpoint's dataset>` unless the command line names one (as evaluate does)."""
-    from vit_mnist.evaluate import with_checkpoint_dataset
-
-    return with_checkpoint_dataset(argv)
+    """Check the checkpoint and config before Hydra makes a folder, then run."""
+    checkpoint_entry_main("robustness", check_config, hydra_main)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 from tests.test_robustness import digit_like
 from vit_mnist.augment import AugmentConfig, augment, handwriting_variation
 from vit_mnist.errors import UserError
-from vit_mnist.model import BackgroundNorm
+from vit_mnist.models.vit import BackgroundNorm
 
 OFF = {"rotation": 0.0, "translate": 0.0, "scale": [1.0, 1.0]}
 KEYS = {"elastic": 16.0, "stroke": 1.0, "blur": 1.0, "min_resolution": 10, "noise": 0.1, "erasing": 1.0}

@@ -18,16 +18,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.conftest import TINY, compose_config
-from vit_mnist.cnn import SmallCNN
 from vit_mnist.config import validate
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate
 from vit_mnist.export import export, read_onnx_metadata
 from vit_mnist.inference import Predictor, load_checkpoint
-from vit_mnist.model import VisionTransformer, count_parameters
+from vit_mnist.models.cnn import SmallCNN
+from vit_mnist.models.registry import MAP_TITLES, build_network
+from vit_mnist.models.vit import VisionTransformer, count_parameters
 from vit_mnist.module import Classifier, ViTClassifier
-from vit_mnist.networks import MAP_TITLES, build_network
 from vit_mnist.predict import predict_files
 from vit_mnist.reports import REPORT_FILES
 from vit_mnist.serve import create_app

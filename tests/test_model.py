@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vit_mnist.errors import UserError
-from vit_mnist.model import VisionTransformer, count_parameters, sincos_2d
+from vit_mnist.models.vit import VisionTransformer, count_parameters, sincos_2d
 
 
 @pytest.mark.parametrize(("patch", "depth", "heads", "pool"), [(7, 4, 4, "cls"), (4, 2, 8, "mean"), (14, 1, 2, "cls"), (28, 3, 1, "mean")])

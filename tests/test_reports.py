@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vit_mnist.attention import attention_rollout
-from vit_mnist.model import VisionTransformer
+from vit_mnist.models.rollout import attention_rollout
+from vit_mnist.models.vit import VisionTransformer
 from vit_mnist.reports import REPORT_FILES, build_report, write_test_reports
 from vit_mnist.samples import ReportSamples
 

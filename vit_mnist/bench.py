@@ -25,9 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from vit_mnist.config import CONFIG_DIR
 from vit_mnist.data import InMemoryDataset, MNISTDataModule
 from vit_mnist.errors import UserError, report
-from vit_mnist.model import count_parameters
+from vit_mnist.models.registry import build_network, model_arch
+from vit_mnist.models.vit import count_parameters
 from vit_mnist.module import ViTClassifier
-from vit_mnist.networks import build_network, model_arch
 from vit_mnist.train import compile_network
 
 PRECISIONS = ("32-true", "bf16-mixed")

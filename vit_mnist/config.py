@@ -49,7 +49,7 @@ def validate(cfg: DictConfig) -> None:
     from vit_mnist.augment import AugmentConfig
     from vit_mnist.data import check_loader_options
     from vit_mnist.ema import check_ema_options
-    from vit_mnist.networks import check_model_config
+    from vit_mnist.models.registry import check_model_config
     from vit_mnist.sources import get_spec
 
     spec = get_spec(cfg.data.name)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vit_mnist.networks import MAP_TITLES  # noqa: E402
+from vit_mnist.models.registry import MAP_TITLES  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 110) -> None:

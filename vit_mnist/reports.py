@@ -28,7 +28,7 @@ from vit_mnist.figures import (
     misclassified_figure,
     save_figure,
 )
-from vit_mnist.networks import MAP_TITLES
+from vit_mnist.models.registry import MAP_TITLES
 from vit_mnist.samples import CALIBRATION_BINS
 
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...

@@ -13,7 +13,7 @@ from torch import nn
 
 from vit_mnist.checkpoints import read_checkpoint
 from vit_mnist.errors import UserError
-from vit_mnist.networks import NAMES, model_arch
+from vit_mnist.models.registry import NAMES, model_arch
 
 log = logging.getLogger(__name__)
 

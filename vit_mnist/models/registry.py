@@ -9,10 +9,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vit_mnist.attention import attention_rollout
-from vit_mnist.cnn import SmallCNN, check_cnn_config
 from vit_mnist.errors import UserError
-from vit_mnist.model import VisionTransformer, check_vit_shape
+from vit_mnist.models.cnn import SmallCNN, check_cnn_config
+from vit_mnist.models.rollout import attention_rollout
+from vit_mnist.models.vit import VisionTransformer, check_vit_shape
 
 # model.arch -> the network class and the check of its arguments (same argument names as the class).
 ARCHS: dict[str, tuple[type[nn.Module], Callable[..., None]]] = {

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vit_mnist.errors import UserError
-from vit_mnist.model import INPUT_NORMS, BackgroundNorm
+from vit_mnist.models.vit import INPUT_NORMS, BackgroundNorm
 
 DEFAULT_WIDTHS = (32, 64, 128)
 

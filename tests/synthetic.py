@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_mnist.idx import write_idx
-from vit_mnist.sources import SPLIT_FILES, get_spec
+from vit_mnist.data.idx import write_idx
+from vit_mnist.data.sources import SPLIT_FILES, get_spec
 
 
 def pattern_images(labels: np.ndarray, rng: np.random.Generator, size: int = 28) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.test_robustness import digit_like
-from vit_mnist.augment import AugmentConfig, augment, handwriting_variation
+from vit_mnist.data.augment import AugmentConfig, augment, handwriting_variation
 from vit_mnist.errors import UserError
 from vit_mnist.models.vit import BackgroundNorm
 

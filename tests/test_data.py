@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.synthetic import write_dataset
-from vit_mnist.augment import AugmentConfig, random_affine
 from vit_mnist.data import MNISTDataModule, load_split
+from vit_mnist.data.augment import AugmentConfig, random_affine
+from vit_mnist.data.idx import read_idx, read_images, read_labels, write_idx
+from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError
-from vit_mnist.idx import read_idx, read_images, read_labels, write_idx
-from vit_mnist.sources import ensure_files, get_spec
 
 
 def test_idx_round_trip_raw_and_gz(tmp_path: Path) -> None:

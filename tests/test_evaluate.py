@@ -17,11 +17,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import TINY, compose_config
 from vit_mnist.data import load_split
+from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate, with_checkpoint_dataset
 from vit_mnist.module import ViTClassifier
 from vit_mnist.reports import REPORT_FILES
-from vit_mnist.sources import get_spec
 from vit_mnist.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

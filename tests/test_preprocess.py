@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from vit_mnist.data import MNISTDataModule, load_split
+from vit_mnist.data.preprocess import load_image, normalize, preprocess, to_mnist_layout
 from vit_mnist.errors import UserError
-from vit_mnist.preprocess import load_image, normalize, preprocess, to_mnist_layout
 
 
 def drawn_seven(size: tuple[int, int] = (400, 300), box: tuple[int, int, int, int] = (250, 20, 390, 280),

@@ -17,14 +17,14 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TINY, compose_config
-from vit_mnist.corruptions import KINDS, corrupt, draw_segments, stroke_width
 from vit_mnist.data import load_split
+from vit_mnist.data.corruptions import KINDS, corrupt, draw_segments, stroke_width
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate
 from vit_mnist.module import ViTClassifier
 from vit_mnist.robustness import (OUTPUT_FILES, SUITE_FILE, Scorer, build_suite, robustness, run_suite,
                                   seen_names)
-from vit_mnist.sources import get_spec
+from vit_mnist.data.sources import get_spec
 from vit_mnist.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vit_mnist.data.preprocess import ImageSource, check_layout
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
-from vit_mnist.preprocess import ImageSource, check_layout
 
 __all__ = ["Classifier", "Predictions", "load_model"]
 

@@ -23,7 +23,7 @@ from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from vit_mnist.config import CONFIG_DIR
-from vit_mnist.data import InMemoryDataset, MNISTDataModule
+from vit_mnist.data.datamodule import InMemoryDataset, MNISTDataModule
 from vit_mnist.errors import UserError, report
 from vit_mnist.models.registry import build_network, model_arch
 from vit_mnist.models.vit import count_parameters

@@ -46,11 +46,11 @@ for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _absp
 
 def validate(cfg: DictConfig) -> None:
     """Check the parts of a composed config that would fail late (model shape, dataset); `UserError` if wrong."""
-    from vit_mnist.augment import AugmentConfig
-    from vit_mnist.data import check_loader_options
+    from vit_mnist.data.augment import AugmentConfig
+    from vit_mnist.data.datamodule import check_loader_options
+    from vit_mnist.data.sources import get_spec
     from vit_mnist.ema import check_ema_options
     from vit_mnist.models.registry import check_model_config
-    from vit_mnist.sources import get_spec
 
     spec = get_spec(cfg.data.name)
     m = cfg.model

@@ -54,7 +54,7 @@ def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
         "model": predictor.arch,  # vit or cnn
         "input": (f"{INPUT_NAME}: float32 [batch, 1, 28, 28]; a 28x28 grayscale digit in the MNIST layout (white on "
                   "black, fit in 20x20, centred by centre of mass), scaled to [0, 1], then (x - normalize_mean) / "
-                  "normalize_std. vit_mnist.preprocess.preprocess does all of this."),
+                  "normalize_std. vit_mnist.data.preprocess.preprocess does all of this."),
         "outputs": "logits: float32 [batch, classes]; probabilities: softmax of the logits",
         "source_checkpoint": ckpt_path.name,
         "vit_mnist_version": vit_mnist.__version__,

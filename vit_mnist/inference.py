@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from vit_mnist.checkpoints import check_checkpoint_path  # noqa: F401 (used by export)
-from vit_mnist.errors import UserError
 from vit_mnist.checkpoints import load_module as load_checkpoint
+from vit_mnist.data.preprocess import ImageSource, preprocess
+from vit_mnist.errors import UserError
 from vit_mnist.module import ViTClassifier
-from vit_mnist.preprocess import ImageSource, preprocess
 
 class Predictor:
     """A checkpoint's network (ViT or CNN) with its class names and normalisation: images in, probabilities out."""

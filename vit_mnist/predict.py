@@ -14,9 +14,9 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from vit_mnist.config import CONFIG_DIR
+from vit_mnist.data.preprocess import check_layout
 from vit_mnist.errors import UserError, report
 from vit_mnist.inference import Predictor
-from vit_mnist.preprocess import check_layout
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 OUTPUTS = ("table", "json")

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
 from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
-from vit_mnist.corruptions import KINDS, corrupt
+from vit_mnist.data.corruptions import KINDS, corrupt
 from vit_mnist.errors import UserError
 from vit_mnist.reports import write_atomic, write_json
 from vit_mnist.tta import tta_logits

@@ -21,10 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from vit_mnist.config import CONFIG_DIR
+from vit_mnist.data.preprocess import MNIST_SIZE, check_layout, load_image, normalize, to_mnist_layout
 from vit_mnist.errors import UserError, report
 from vit_mnist.inference import Predictor
 from vit_mnist.models.registry import NAMES
-from vit_mnist.preprocess import MNIST_SIZE, check_layout, load_image, normalize, to_mnist_layout
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_BYTES = 1_000_000  # 1 MB: a drawn digit as PNG is a few kB

@@ -9,12 +9,12 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from vit_mnist.augment import AugmentConfig
-from vit_mnist.augment import augment as augment_batch
+from vit_mnist.data.augment import AugmentConfig
+from vit_mnist.data.augment import augment as augment_batch
+from vit_mnist.data.idx import read_images, read_labels
+from vit_mnist.data.sources import SPLIT_FILES, ensure_files, get_spec
 from vit_mnist.distributed import eval_sampler
 from vit_mnist.errors import UserError
-from vit_mnist.idx import read_images, read_labels
-from vit_mnist.sources import SPLIT_FILES, ensure_files, get_spec
 
 
 class InMemoryDataset(Dataset):

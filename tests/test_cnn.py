@@ -29,7 +29,7 @@ from vit_mnist.models.registry import MAP_TITLES, build_network
 from vit_mnist.models.vit import VisionTransformer, count_parameters
 from vit_mnist.module import Classifier, ViTClassifier
 from vit_mnist.predict import predict_files
-from vit_mnist.reports import REPORT_FILES
+from vit_mnist.reports.classification import REPORT_FILES
 from vit_mnist.serve import create_app
 from vit_mnist.train import build, train
 
@@ -109,7 +109,7 @@ def test_cli_evaluate_reproduces_the_run(trained: tuple[Path, dict], data_dir: P
 
 def test_attention_png_shows_class_activation_maps(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import vit_mnist.reports
+    import vit_mnist.reports.classification
 
     drawn = {}
 
@@ -117,8 +117,8 @@ def test_attention_png_shows_class_activation_maps(trained: tuple[Path, dict], d
         drawn.update(maps=maps, title=title)
         return figure(images, maps, targets, preds, class_names, title)
 
-    figure = vit_mnist.reports.attention_figure
-    monkeypatch.setattr(vit_mnist.reports, "attention_figure", spy)
+    figure = vit_mnist.reports.classification.attention_figure
+    monkeypatch.setattr(vit_mnist.reports.classification, "attention_figure", spy)
     evaluate(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={trained[1]['best_checkpoint']}",
                              "data.eval_batch_size=100", "trainer.accelerator=cpu", "~logger"], tmp_path, "evaluate"))
     assert drawn["title"] == MAP_TITLES["cnn"] and drawn["title"].startswith("Class activation maps")

@@ -21,7 +21,7 @@ from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate, with_checkpoint_dataset
 from vit_mnist.module import ViTClassifier
-from vit_mnist.reports import REPORT_FILES
+from vit_mnist.reports.classification import REPORT_FILES
 from vit_mnist.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vit_mnist.models.rollout import attention_rollout
 from vit_mnist.models.vit import VisionTransformer
-from vit_mnist.reports import REPORT_FILES, build_report, write_test_reports
-from vit_mnist.samples import ReportSamples
+from vit_mnist.reports.classification import REPORT_FILES, build_report, write_test_reports
+from vit_mnist.reports.samples import ReportSamples
 
 CLASSES = [str(i) for i in range(10)]
 

@@ -421,7 +421,7 @@ def main(cfg: DictConfig) -> None:
         report(e)
     print_table(results)
     if cfg.output:
-        from vit_mnist.reports import write_json
+        from vit_mnist.reports.classification import write_json
 
         write_json(Path(cfg.output), results)
         print(f"wrote {cfg.output}", file=sys.stdout)

@@ -137,7 +137,7 @@ def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any], failed: Any = No
     from hydra.core.hydra_config import HydraConfig
 
     from vit_mnist.errors import report
-    from vit_mnist.reports import write_json
+    from vit_mnist.reports.classification import write_json
 
     out_dir = Path(cfg.paths.output_dir)
     removable = only_hydra_files(out_dir, cfg.task_name)

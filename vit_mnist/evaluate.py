@@ -19,7 +19,7 @@ from vit_mnist.data.sources import get_spec
 from vit_mnist.distributed import check_accelerator
 from vit_mnist.errors import UserError
 from vit_mnist.module import ViTClassifier
-from vit_mnist.reports import summary_metrics, write_json, write_test_reports
+from vit_mnist.reports.classification import summary_metrics, write_json, write_test_reports
 from vit_mnist.train import instantiate_group
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.data.corruptions import KINDS, corrupt
 from vit_mnist.errors import UserError
-from vit_mnist.reports import write_atomic, write_json
+from vit_mnist.reports.classification import write_atomic, write_json
 from vit_mnist.tta import tta_logits
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,8 @@ def write_reports(results: Sequence[ModelResult], suite: Sequence[CorruptionSpec
                   out_dir: Path, class_names: list[str], num_images: int, seed: int, loggers: Sequence[Any] = (),
                   step: int = 0) -> dict[str, Path]:
     """robustness.md/.json/.csv, the bar chart and the examples figure into `out_dir`, and TensorBoard entries."""
-    from vit_mnist.figures import figure_to_array, robustness_examples_figure, robustness_figure, save_figure
-    from vit_mnist.reports import tensorboard_writers
+    from vit_mnist.reports.classification import tensorboard_writers
+    from vit_mnist.reports.figures import figure_to_array, robustness_examples_figure, robustness_figure, save_figure
 
     paths = {name: out_dir / name for name in OUTPUT_FILES}
     markdown = robustness_markdown(results, suite, num_images, seed)

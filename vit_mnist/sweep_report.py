@@ -14,7 +14,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vit_mnist.errors import UserError, report
-from vit_mnist.reports import save_figure, write_atomic
+from vit_mnist.reports.classification import write_atomic
+from vit_mnist.reports.figures import save_figure
 
 SUMMARY_STEM = "sweep_summary"
 # model.* keys that describe a ViT's shape, shown as their own columns.

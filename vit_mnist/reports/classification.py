@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from vit_mnist.figures import (
+from vit_mnist.reports.figures import (
     attention_figure,
     calibration_figure,
     confusion_figure,
@@ -29,7 +29,7 @@ from vit_mnist.figures import (
     save_figure,
 )
 from vit_mnist.models.registry import MAP_TITLES
-from vit_mnist.samples import CALIBRATION_BINS
+from vit_mnist.reports.samples import CALIBRATION_BINS
 
 _UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
 os.umask(_UMASK)  # ... and put it back

@@ -27,11 +27,11 @@ from vit_mnist.inference import Predictor, load_checkpoint
 from vit_mnist.models.cnn import SmallCNN
 from vit_mnist.models.registry import MAP_TITLES, build_network
 from vit_mnist.models.vit import VisionTransformer, count_parameters
-from vit_mnist.module import Classifier, ViTClassifier
 from vit_mnist.predict import predict_files
 from vit_mnist.reports.classification import REPORT_FILES
 from vit_mnist.serve import create_app
 from vit_mnist.train import build, train
+from vit_mnist.training.module import Classifier, ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 # TINY without its ViT shape, and a narrow CNN: a 2-epoch run takes seconds on 2 CPU cores.

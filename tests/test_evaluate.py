@@ -20,9 +20,9 @@ from vit_mnist.data import load_split
 from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate, with_checkpoint_dataset
-from vit_mnist.module import ViTClassifier
 from vit_mnist.reports.classification import REPORT_FILES
 from vit_mnist.train import train
+from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 # The evaluation side of TINY: same test batches as the training run, quiet, CPU.
@@ -92,7 +92,7 @@ def test_evaluate_reproduces_the_training_run(trained: tuple[Path, dict], data_d
 
 
 def test_tta_override_scores_the_shifted_views(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
-    from vit_mnist.tta import tta_logits
+    from vit_mnist.training.tta import tta_logits
 
     _, train_metrics = trained
     metrics = evaluate(eval_config(data_dir, tmp_path, train_metrics["best_checkpoint"], "tta=true"))

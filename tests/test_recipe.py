@@ -15,9 +15,9 @@ from tests.conftest import compose_config
 from vit_mnist.data import MNISTDataModule
 from vit_mnist.errors import UserError
 from vit_mnist.models.vit import count_parameters
-from vit_mnist.module import ViTClassifier
 from vit_mnist.train import build, train
-from vit_mnist.tta import SHIFTS, shift, tta_logits
+from vit_mnist.training.module import ViTClassifier
+from vit_mnist.training.tta import SHIFTS, shift, tta_logits
 
 
 @pytest.mark.parametrize("experiment", ["note_budget", "best", "fast"])

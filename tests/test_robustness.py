@@ -21,7 +21,7 @@ from vit_mnist.data import load_split
 from vit_mnist.data.corruptions import KINDS, corrupt, draw_segments, stroke_width
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate
-from vit_mnist.module import ViTClassifier
+from vit_mnist.training.module import ViTClassifier
 from vit_mnist.robustness import (OUTPUT_FILES, SUITE_FILE, Scorer, build_suite, robustness, run_suite,
                                   seen_names)
 from vit_mnist.data.sources import get_spec
@@ -119,7 +119,7 @@ def tiny_module(seed: int = 0) -> ViTClassifier:
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_benchmark_accuracy_equals_an_independent_count(tta: bool) -> None:
-    from vit_mnist.tta import tta_logits
+    from vit_mnist.training.tta import tta_logits
 
     module = tiny_module().eval()
     spec = get_spec("mnist")

@@ -15,10 +15,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import TINY, compose_config
 from vit_mnist.data import MNISTDataModule
-from vit_mnist.distributed import check_accelerator
 from vit_mnist.errors import UserError
-from vit_mnist.module import ViTClassifier
 from vit_mnist.train import train
+from vit_mnist.training.distributed import check_accelerator
+from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from tests.conftest import TINY
 from vit_mnist.errors import UserError
-from vit_mnist.module import ViTClassifier
 from vit_mnist.train import build, train
-from vit_mnist.transfer import interpolate_pos_embed, resize_patch_kernel
+from vit_mnist.training.module import ViTClassifier
+from vit_mnist.training.transfer import interpolate_pos_embed, resize_patch_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 # TINY's network shape, as the checkpoints below are built.
@@ -44,7 +44,7 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_fine_tuning_starts_from_the_source_weights(trained: dict, make_cfg, tmp_path: Path, caplog) -> None:
     source = torch.load(trained["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
-    with caplog.at_level(logging.INFO, logger="vit_mnist.transfer"):
+    with caplog.at_level(logging.INFO, logger="vit_mnist.training.transfer"):
         _, module = build(make_cfg(f"model.init_from={trained['best_checkpoint']}"))
     for name, value in module.net.state_dict().items():
         assert torch.equal(value, source[f"net.{name}"]), name
@@ -75,7 +75,7 @@ def test_head_is_reinitialised_when_the_class_count_differs(make_cfg, tmp_path: 
 
 def test_position_embeddings_interpolated_when_the_patch_size_differs(make_cfg, tmp_path: Path, caplog) -> None:
     source = save_source(tmp_path / "p7.ckpt")  # 4x4 grid of 7x7 patches
-    with caplog.at_level(logging.INFO, logger="vit_mnist.transfer"):
+    with caplog.at_level(logging.INFO, logger="vit_mnist.training.transfer"):
         _, module = build(make_cfg("model.patch_size=4", f"model.init_from={tmp_path / 'p7.ckpt'}"))
     state = module.net.state_dict()
     assert state["pos_embed"].shape == (1, 50, 32)  # CLS + 7x7

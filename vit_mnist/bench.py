@@ -27,8 +27,8 @@ from vit_mnist.data.datamodule import InMemoryDataset, MNISTDataModule
 from vit_mnist.errors import UserError, report
 from vit_mnist.models.registry import build_network, model_arch
 from vit_mnist.models.vit import count_parameters
-from vit_mnist.module import ViTClassifier
 from vit_mnist.train import compile_network
+from vit_mnist.training.module import ViTClassifier
 
 PRECISIONS = ("32-true", "bf16-mixed")
 OURS = "ours"

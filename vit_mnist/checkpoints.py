@@ -55,7 +55,7 @@ def read_checkpoint(path: str | Path | None, key: str = "ckpt_path", hint: str =
 
 def load_module(path: str | Path | None, key: str = "ckpt_path"):
     """The `ViTClassifier` saved in a training checkpoint, on the CPU in eval mode."""
-    from vit_mnist.module import ViTClassifier  # here: importing the module pulls in Lightning
+    from vit_mnist.training.module import ViTClassifier  # here: importing the module pulls in Lightning
 
     ckpt = read_checkpoint(path, key)
     try:

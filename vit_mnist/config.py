@@ -49,8 +49,8 @@ def validate(cfg: DictConfig) -> None:
     from vit_mnist.data.augment import AugmentConfig
     from vit_mnist.data.datamodule import check_loader_options
     from vit_mnist.data.sources import get_spec
-    from vit_mnist.ema import check_ema_options
     from vit_mnist.models.registry import check_model_config
+    from vit_mnist.training.ema import check_ema_options
 
     spec = get_spec(cfg.data.name)
     m = cfg.model

@@ -16,11 +16,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vit_mnist.checkpoints import read_checkpoint
 from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.data.sources import get_spec
-from vit_mnist.distributed import check_accelerator
 from vit_mnist.errors import UserError
-from vit_mnist.module import ViTClassifier
 from vit_mnist.reports.classification import summary_metrics, write_json, write_test_reports
 from vit_mnist.train import instantiate_group
+from vit_mnist.training.distributed import check_accelerator
+from vit_mnist.training.module import ViTClassifier
 
 log = logging.getLogger(__name__)
 

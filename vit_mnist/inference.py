@@ -11,7 +11,7 @@ from vit_mnist.checkpoints import check_checkpoint_path  # noqa: F401 (used by e
 from vit_mnist.checkpoints import load_module as load_checkpoint
 from vit_mnist.data.preprocess import ImageSource, preprocess
 from vit_mnist.errors import UserError
-from vit_mnist.module import ViTClassifier
+from vit_mnist.training.module import ViTClassifier
 
 class Predictor:
     """A checkpoint's network (ViT or CNN) with its class names and normalisation: images in, probabilities out."""

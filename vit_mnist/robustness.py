@@ -20,7 +20,7 @@ from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.data.corruptions import KINDS, corrupt
 from vit_mnist.errors import UserError
 from vit_mnist.reports.classification import write_atomic, write_json
-from vit_mnist.tta import tta_logits
+from vit_mnist.training.tta import tta_logits
 
 log = logging.getLogger(__name__)
 

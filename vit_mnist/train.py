@@ -19,14 +19,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vit_mnist.callbacks import TrainThroughput
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
 from vit_mnist.data.sources import ensure_files, get_spec
-from vit_mnist.distributed import RankSeed, check_accelerator, hydra_ddp_job, is_sweep_job
 from vit_mnist.errors import UserError, find_user_error, report
-from vit_mnist.module import ViTClassifier
 from vit_mnist.reports.classification import summary_metrics, tensorboard_writers, write_json, write_test_reports
-from vit_mnist.transfer import check_init_from, init_from_checkpoint
+from vit_mnist.training.callbacks import TrainThroughput
+from vit_mnist.training.distributed import RankSeed, check_accelerator, hydra_ddp_job, is_sweep_job
+from vit_mnist.training.module import ViTClassifier
+from vit_mnist.training.transfer import check_init_from, init_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ from torchmetrics.classification import (
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import MAP_TITLES, build_network, model_arch, relevance_maps
 from vit_mnist.models.vit import count_parameters
-from vit_mnist.models.registry import NON_NETWORK_KEYS, network_kwargs  # noqa: F401 (their old home, still importable)
 from vit_mnist.reports.samples import CALIBRATION_BINS, ReportSamples
-from vit_mnist.tta import tta_logits
+from vit_mnist.training.tta import tta_logits
 
 
 def _plain(cfg: Any) -> Any:

@@ -165,7 +165,8 @@ def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: d
             metrics.update(training_robustness(module, datamodule, cfg.data.get("augment"), out_dir, loggers, step,
                                                cfg.get("robustness_images")))
             metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
-    hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen")
+    hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen",
+                                          "test/other_writers")
                   if k in metrics}
     for logger in loggers:
         if tensorboard_writers([logger]):
@@ -181,7 +182,7 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
 
     table = Table(title="Run finished", caption=str(out_dir), show_header=False)
     for key in ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/mca", "test/mca_unseen",
-                "num_parameters", "epochs",
+                "test/other_writers", "num_parameters", "epochs",
                 "train_images_per_s", "wall_time_s", "best_checkpoint"):
         if key in metrics:
             value = metrics[key]

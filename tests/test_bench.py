@@ -47,6 +47,7 @@ def test_bench_measures_ours_and_the_hugging_face_peers(tmp_path: Path, capsys) 
     print_table(results)
     out = capsys.readouterr().out
     assert "ours" in out and "GFLOP/s" in out and ("HF ViT, same shape" in out) == HAS_TRANSFORMERS
+    assert results["cpu"] and f"CPU: {results['cpu']} ({results['cpu_isa']})" in " ".join(out.split())
 
 
 def test_matmul_share_tells_matrix_products_from_other_work() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import platform
 import sys
 import time
 import warnings
@@ -25,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from vit_mnist.config import CONFIG_DIR
 from vit_mnist.data import InMemoryDataset, MNISTDataModule
 from vit_mnist.errors import UserError, report
+from vit_mnist.hardware import cpu_model, isa_summary, warn_if_slow_bf16
 from vit_mnist.model import count_parameters
 from vit_mnist.module import ViTClassifier
 from vit_mnist.networks import build_network, model_arch
@@ -325,6 +325,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Measure everything the config asks for; return the machine's figures and one `Row` per model and batch."""
     check_options(cfg)
     device = resolve_device(str(cfg.device))
+    if device.type == "cpu":
+        warn_if_slow_bf16(cfg.precision, "cpu")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -358,6 +360,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             rows.append(Row(name, batch, count_parameters(net), flops / 1e6, step, inference, pipeline, share))
     return {
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "cpu_isa": isa_summary(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": cfg.precision,
@@ -373,7 +377,7 @@ def device_name(device: torch.device) -> str:
     """A readable name for the table's title."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()})"
+    return f"{device.type} ({cpu_model()})"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -401,7 +405,7 @@ def print_table(results: dict[str, Any]) -> None:
             "—" if r is mine else f"{mine['train_step'] / r['train_step']:.2f}×",
             "—" if r is mine else f"{mine['inference'] / r['inference']:.2f}×",
         )
-    table.caption = (f"fp32 matmul rate: {peak:,.1f} GFLOP/s ({results['matmul_size']}² matrices, torch "
+    table.caption = (f"CPU: {results['cpu']} ({results['cpu_isa']}). fp32 matmul rate: {peak:,.1f} GFLOP/s ({results['matmul_size']}² matrices, torch "
                      f"{results['torch']}). Train step: forward, backward "
                      "and optimizer step on batches already on the device; full pipeline: our DataLoader, on-device "
                      "augmentation and the Lightning step; matmul share: of the train step's profiled time, the part in matrix "

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_mnist.callbacks import TrainThroughput
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
 from vit_mnist.distributed import RankSeed, check_accelerator, hydra_ddp_job, is_sweep_job
+from vit_mnist.hardware import warn_if_slow_bf16
 from vit_mnist.errors import UserError, find_user_error, report
 from vit_mnist.module import ViTClassifier
 from vit_mnist.sources import ensure_files, get_spec
@@ -103,6 +104,7 @@ def check_before_run(cfg: DictConfig) -> None:
     """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed)."""
     validate(cfg)
     check_accelerator(cfg.trainer)
+    warn_if_slow_bf16(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     check_init_from(cfg.model)
     ensure_files(get_spec(cfg.data.name), cfg.paths.data_dir, download=cfg.data.download)
 

@@ -11,15 +11,15 @@ from vit_mnist.errors import UserError
 from vit_mnist.preprocess import to_mnist_layout
 
 NAME = "other_writers"
-DESCRIPTION = ("UCI optical recognition of handwritten digits (scikit-learn's copy, 1,797 digits by writers who are "
-               "not MNIST's, 8x8 scans), through predict's preprocessing")
+DESCRIPTION = ("UCI optical recognition of handwritten digits (scikit-learn's copy: 1,797 digits from NIST forms by 43 "
+               "people, a collection apart from MNIST's, 8x8 scans), through predict's preprocessing")
 
 
 @functools.lru_cache(maxsize=1)
 def load_other_writers() -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (1797, 1, 28, 28) white-on-black digits and their int64 labels.
 
-    The set ships inside scikit-learn (no download): NIST-form digits from 43 people, normalised to 32x32
+    The set ships inside scikit-learn (no download): NIST-form digits by 43 people, normalised to 32x32
     bitmaps and scanned down to 8x8 counts of ink (0-16). Each digit takes the same path as a user's image in
     `predict` and the web app (layout=full: crop to the ink, fit 20x20, centre by mass), so the accuracy on
     it says how a model reads handwriting it was not trained on, at a low scan resolution.

@@ -63,7 +63,21 @@ def test_stroke_goes_both_ways() -> None:
     assert (ink_change > 1).any() and (ink_change < -1).any()  # thicker and thinner strokes in one batch
 
 
+def test_aspect_changes_the_width_to_height_ratio_and_keeps_the_area() -> None:
+    square = torch.zeros(200, 1, 28, 28)
+    square[:, :, 10:18, 10:18] = 1.0  # an 8x8 block in the middle
+    y = augment(square, AugmentConfig(**OFF, aspect=1.0), torch.Generator().manual_seed(0))
+    ink = y[:, 0] > 0.5
+    width = ink.any(dim=1).sum(dim=1).float()
+    height = ink.any(dim=2).sum(dim=1).float()
+    ratio = width / height
+    assert ratio.min() < 0.7 and ratio.max() > 1.4 and ratio.min() > 0.4 and ratio.max() < 2.5  # half to twice
+    assert ((width * height) / 64 - 1).abs().max() < 0.35  # about the same area
+    assert torch.equal(augment(square, AugmentConfig(**OFF, aspect=0.0)), square)
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
+    ("aspect", -0.5, "data.augment.aspect=-0.5 must be a number in [0, 3]"),
     ("elastic", -1.0, "data.augment.elastic=-1.0 must be a number in [0, 200]"),
     ("stroke", 5.0, "data.augment.stroke=5.0 must be a number in [0, 3]"),
     ("noise", "lots", "data.augment.noise='lots'"),

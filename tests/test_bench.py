@@ -47,6 +47,15 @@ def test_bench_measures_ours_and_the_hugging_face_peers(tmp_path: Path, capsys) 
     print_table(results)
     out = capsys.readouterr().out
     assert "ours" in out and "GFLOP/s" in out and ("HF ViT, same shape" in out) == HAS_TRANSFORMERS
+    assert results["cpu"] and f"CPU: {results['cpu']} ({results['cpu_isa']})" in " ".join(out.split())
+
+
+def test_bench_prints_the_per_op_profile_when_asked(tmp_path: Path, capsys) -> None:
+    run(compose_config(TINY_BENCH + ["peers=false", "profile_table=40", "precision=bf16-mixed"], tmp_path,
+                       config_name="bench"))
+    out = capsys.readouterr().out
+    assert "Per-op profile of our train step, batch 8, bf16-mixed" in out and "aten::" in out
+    assert "_backward" in out  # backward kernels are listed apart from the forward ones
 
 
 def test_matmul_share_tells_matrix_products_from_other_work() -> None:

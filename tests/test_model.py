@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vit_mnist.errors import UserError
-from vit_mnist.models.vit import VisionTransformer, count_parameters, sincos_2d
+from vit_mnist.models.vit import Attention, VisionTransformer, count_parameters, sincos_2d
 
 
 @pytest.mark.parametrize(("patch", "depth", "heads", "pool"), [(7, 4, 4, "cls"), (4, 2, 8, "mean"), (14, 1, 2, "cls"), (28, 3, 1, "mean")])
@@ -95,3 +95,28 @@ def test_sincos_positions_tell_every_patch_apart_and_encode_distance() -> None:
     assert model.pos_embed.requires_grad  # an initialisation, still learned
     random = VisionTransformer(patch_size=4, hidden_dim=64, heads=4, mlp_dim=64, depth=1, pos_init="random")
     assert random.pos_embed.std() < 0.05
+
+
+def test_cpu_bf16_autocast_runs_attention_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's bf16 CPU flash-attention backward is many times slower than fp32's; the matmuls around it stay bf16
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    torch.manual_seed(0)
+    attention = Attention(dim=32, heads=2)
+    x = torch.randn(3, 17, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attention(x)
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    reference, _ = attention(x)
+    assert torch.allclose(out.float(), reference, atol=0.05)
+    seen.clear()
+    attention(x)  # fp32 as it was
+    assert seen == [torch.float32]

@@ -21,6 +21,7 @@ from vit_mnist.data import load_split
 from vit_mnist.data.corruptions import KINDS, corrupt, draw_segments, stroke_width
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate
+from vit_mnist.other_writers import load_other_writers
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.robustness import (OUTPUT_FILES, SUITE_FILE, Scorer, build_suite, robustness, run_suite,
                                   seen_names)
@@ -140,6 +141,35 @@ def test_benchmark_accuracy_equals_an_independent_count(tta: bool) -> None:
         assert torch.equal(shown[spec_c.name], corrupted[:4])
     assert results[0].mca == pytest.approx(sum(results[0].accuracy.values()) / 3)
     assert 0.0 < results[0].clean < 1.0
+    assert results[0].other_writers is None  # not asked for
+
+
+def test_other_writers_are_digits_in_the_mnist_layout() -> None:
+    images, labels = load_other_writers()
+    assert images.shape == (1797, 1, 28, 28) and images.dtype == torch.uint8
+    assert torch.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    x = images[:, 0].double()
+    assert x.amax(dim=(1, 2)).min() > 200  # full-strength strokes (stretched to 255, then resampled)
+    extents = []
+    for axis in (1, 2):  # ink extent across the columns, then the rows
+        inked = (x.amax(dim=axis) > 0).double()
+        extents.append(28 - inked.argmax(dim=1) - inked.flip(1).argmax(dim=1))
+    longer = torch.maximum(*extents)  # fitted to MNIST's 20x20 box, not scaled to fill 28x28
+    assert longer.min() >= 19 and longer.max() <= 21
+    rows = (x.sum(dim=2) * torch.arange(28.0)).sum(dim=1) / x.sum(dim=(1, 2))
+    cols = (x.sum(dim=1) * torch.arange(28.0)).sum(dim=1) / x.sum(dim=(1, 2))
+    assert (rows - 14).abs().max() < 1.0 and (cols - 14).abs().max() < 1.0  # centred by mass, as MNIST is
+
+
+def test_other_writers_accuracy_equals_an_independent_count() -> None:
+    module = tiny_module(seed=2).eval()
+    spec = get_spec("mnist")
+    images, labels = load_other_writers()
+    scorer = Scorer(module, spec.mean, spec.std, False, torch.device("cpu"), 10, batch_size=500)
+    results, _ = run_suite([("m", "m.ckpt", scorer, [], {})], images[:20], labels[:20], [], other_writers=True)
+    with torch.no_grad():
+        predicted = module((images.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
+    assert results[0].other_writers == pytest.approx(float((predicted == labels).double().mean()), abs=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +200,8 @@ def test_clean_accuracy_equals_evaluate_and_reports_are_written(trained: dict, d
         assert (out / name).is_file(), name
     rows = list(csv.reader((out / "robustness.csv").open()))
     assert rows[0][:3] == ["corruption", "severity", "source"] and [r[0] for r in rows[1:]] == [
-        "clean", "mca", "unseen_mca", "rotate", "fog", "low_res_8"]
+        "clean", "mca", "unseen_mca", "other_writers", "rotate", "fog", "low_res_8"]
+    assert 0.0 <= float(rows[4][3]) <= 1.0 and model["other_writers_acc"] == pytest.approx(float(rows[4][3]))
     assert "| rotate (s2) |" in (out / "robustness.md").read_text() and "*" in (out / "robustness.md").read_text()
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
@@ -187,6 +218,7 @@ def test_the_training_run_reports_robustness(trained: dict) -> None:
     assert metrics["robustness_images"] == 60
     report = json.loads((out / "robustness.json").read_text())
     assert report["models"][0]["mca"] == pytest.approx(metrics["test/mca"])
+    assert report["models"][0]["other_writers_acc"] == pytest.approx(metrics["test/other_writers"])
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     plugins = events.PluginTagToContent("hparams")
@@ -213,6 +245,7 @@ def test_serve_says_what_robustness_the_checkpoint_has(trained: dict, tmp_path: 
     note = robustness_note(trained["best_checkpoint"])  # a run with robustness=true
     report = json.loads((Path(trained["best_checkpoint"]).parents[1] / "robustness.json").read_text())
     assert f"{100 * report['models'][0]['mca']:.1f}% (mCA" in note
+    assert f"other writers' digits {100 * report['models'][0]['other_writers_acc']:.1f}%" in note
     assert "was not measured" in robustness_note(str(tmp_path / "run" / "checkpoints" / "best.ckpt"))
 
 

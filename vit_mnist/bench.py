@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import platform
 import sys
 import time
 import warnings
@@ -25,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from vit_mnist.config import CONFIG_DIR
 from vit_mnist.data.datamodule import InMemoryDataset, MNISTDataModule
 from vit_mnist.errors import UserError, report
+from vit_mnist.hardware import cpu_model, isa_summary, warn_if_slow_bf16
 from vit_mnist.models.registry import build_network, model_arch
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.train import compile_network
@@ -191,6 +191,20 @@ def matmul_share(step: Callable[[int], Any], steps: int, device: torch.device) -
     return matmul_share_of(prof.key_averages(), on_device=device.type == "cuda")
 
 
+def op_profile(step: Callable[[int], Any], steps: int, device: torch.device, rows: int) -> str:
+    """torch profiler's per-op table of `steps` calls of `step`, the most self time first (forward and backward ops
+    apart: backward kernels carry `_backward` in their names)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
+
+
 def is_matmul_op(name: str) -> bool:
     """Whether profiler op `name` is a matrix product or attention: on CUDA attention runs under
     `aten::_flash_attention_*`, `aten::_efficient_attention_*` or cuDNN's, on CPU under
@@ -312,9 +326,9 @@ def check_options(cfg: DictConfig) -> None:
     sizes = list(cfg.batch_sizes) if OmegaConf.is_list(cfg.batch_sizes) else [cfg.batch_sizes]
     if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in sizes):
         raise UserError(f"batch_sizes={cfg.batch_sizes} must be a list of positive integers, e.g. batch_sizes=[64,256].")
-    for key in ("steps", "warmup", "repeats", "matmul_size", "profile_steps"):
-        value = cfg[key]
-        zero_ok = key in ("warmup", "profile_steps")
+    for key in ("steps", "warmup", "repeats", "matmul_size", "profile_steps", "profile_table"):
+        value = cfg.get(key, 0)
+        zero_ok = key in ("warmup", "profile_steps", "profile_table")
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
             raise UserError(f"{key}={value!r} must be a {'non-negative' if zero_ok else 'positive'} integer.")
     if cfg.precision not in PRECISIONS:
@@ -325,6 +339,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Measure everything the config asks for; return the machine's figures and one `Row` per model and batch."""
     check_options(cfg)
     device = resolve_device(str(cfg.device))
+    if device.type == "cpu":
+        warn_if_slow_bf16(cfg.precision, "cpu")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -353,11 +369,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             step = time_train_step(net, make_optimizer, batches, *timing, cfg.precision)
             share = (matmul_share(train_step(net, make_optimizer, batches, device, cfg.precision),
                                   cfg.profile_steps, device) if cfg.profile_steps and vit else None)
+            if cfg.profile_table and name == OURS:
+                table = op_profile(train_step(net, make_optimizer, batches, device, cfg.precision),
+                                   max(1, int(cfg.profile_steps)), device, int(cfg.profile_table))
+                print(f"Per-op profile of our train step, batch {batch}, {cfg.precision}:\n{table}")
             inference = time_inference(net, batches, *timing, cfg.precision)
             pipeline = time_pipeline(cfg, batch, device) if name == OURS else None
             rows.append(Row(name, batch, count_parameters(net), flops / 1e6, step, inference, pipeline, share))
     return {
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "cpu_isa": isa_summary(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": cfg.precision,
@@ -373,7 +395,7 @@ def device_name(device: torch.device) -> str:
     """A readable name for the table's title."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.processor() or platform.machine()})"
+    return f"{device.type} ({cpu_model()})"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -401,7 +423,7 @@ def print_table(results: dict[str, Any]) -> None:
             "—" if r is mine else f"{mine['train_step'] / r['train_step']:.2f}×",
             "—" if r is mine else f"{mine['inference'] / r['inference']:.2f}×",
         )
-    table.caption = (f"fp32 matmul rate: {peak:,.1f} GFLOP/s ({results['matmul_size']}² matrices, torch "
+    table.caption = (f"CPU: {results['cpu']} ({results['cpu_isa']}). fp32 matmul rate: {peak:,.1f} GFLOP/s ({results['matmul_size']}² matrices, torch "
                      f"{results['torch']}). Train step: forward, backward "
                      "and optimizer step on batches already on the device; full pipeline: our DataLoader, on-device "
                      "augmentation and the Lightning step; matmul share: of the train step's profiled time, the part in matrix "

@@ -182,8 +182,11 @@ def robustness_note(ckpt_path: str) -> str:
     report_file = Path(str(ckpt_path)).expanduser().resolve().parent.parent / "robustness.json"
     try:
         model = json.loads(report_file.read_text())["models"][0]
+        writers = model.get("other_writers_acc")
+        writers = "" if writers is None else f"; other writers' digits {100 * writers:.1f}%"
         return (f"on corrupted test digits this model scores {100 * model['mca']:.1f}% (mCA; clean "
-                f"{100 * model['clean_acc']:.2f}%, unseen kinds {100 * model['unseen_mca']:.1f}%), from {report_file}")
+                f"{100 * model['clean_acc']:.2f}%, unseen kinds {100 * model['unseen_mca']:.1f}%{writers}), "
+                f"from {report_file}")
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return ("this model's robustness to other handwriting was not measured: run `python -m vit_mnist.robustness "
                 f"ckpt_path={ckpt_path}`, or train with experiment=robust")

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from vit_mnist.config import CONFIG_DIR, is_multirun, precheck, validate
 from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError, find_user_error, report
+from vit_mnist.hardware import warn_if_slow_bf16
 from vit_mnist.reports.classification import summary_metrics, tensorboard_writers, write_json, write_test_reports
 from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.distributed import RankSeed, check_accelerator, hydra_ddp_job, is_sweep_job
@@ -103,6 +104,7 @@ def check_before_run(cfg: DictConfig) -> None:
     """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed)."""
     validate(cfg)
     check_accelerator(cfg.trainer)
+    warn_if_slow_bf16(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     check_init_from(cfg.model)
     ensure_files(get_spec(cfg.data.name), cfg.paths.data_dir, download=cfg.data.download)
 
@@ -165,7 +167,8 @@ def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: d
             metrics.update(training_robustness(module, datamodule, cfg.data.get("augment"), out_dir, loggers, step,
                                                cfg.get("robustness_images")))
             metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
-    hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen")
+    hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen",
+                                          "test/other_writers")
                   if k in metrics}
     for logger in loggers:
         if tensorboard_writers([logger]):
@@ -181,7 +184,7 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
 
     table = Table(title="Run finished", caption=str(out_dir), show_header=False)
     for key in ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/mca", "test/mca_unseen",
-                "num_parameters", "epochs",
+                "test/other_writers", "num_parameters", "epochs",
                 "train_images_per_s", "wall_time_s", "best_checkpoint"):
         if key in metrics:
             value = metrics[key]

@@ -21,6 +21,9 @@ class AugmentConfig:
     translate: float = 0.1  # fraction of the image size, uniform in [-translate, translate] per axis
     scale: tuple[float, float] = (0.9, 1.1)  # zoom factor range
     hflip: bool = False  # mirror half of the images (changes digit identity: off for digits by default)
+    # width-to-height ratio change, area kept: the ratio is multiplied by a log-uniform factor in
+    # [1/(1+aspect), 1+aspect] (e.g. 1.0: narrow to wide 1s and 7s, as writers and box-filling scanners make them)
+    aspect: float = 0.0
     # resampling of the warped image: "bilinear" (smooth) or "nearest" (keeps strokes crisp, torchvision's default)
     interpolation: str = "bilinear"
     # Handwriting variation, each off at 0 (see `handwriting_variation`):
@@ -50,7 +53,7 @@ class AugmentConfig:
                 f"use one of {' or '.join(INTERPOLATIONS)}."
             )
 
-        for key, high in (("elastic", 200.0), ("stroke", 3.0), ("blur", 5.0), ("noise", 1.0), ("erasing", 1.0)):
+        for key, high in (("aspect", 3.0), ("elastic", 200.0), ("stroke", 3.0), ("blur", 5.0), ("noise", 1.0), ("erasing", 1.0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
                 raise UserError(f"data.augment.{key}={value!r} must be a number in [0, {high:g}]; 0 turns it off "
@@ -71,7 +74,7 @@ class AugmentConfig:
 
     @property
     def affine(self) -> bool:
-        return bool(self.rotation or self.translate or tuple(self.scale) != (1.0, 1.0) or self.hflip)
+        return bool(self.rotation or self.translate or tuple(self.scale) != (1.0, 1.0) or self.hflip or self.aspect)
 
     @property
     def handwriting(self) -> bool:
@@ -83,6 +86,7 @@ class AugmentConfig:
 
 
 _HINTS = {
+    "aspect": "the largest change of an image's width-to-height ratio, 1.0 allowing half to twice",
     "elastic": "the largest displacement-field scale alpha in pixels, e.g. 20",
     "stroke": "the largest change of stroke width in pixels per side, e.g. 1.0",
     "blur": "the largest Gaussian blur sigma in pixels, e.g. 1.0",
@@ -171,10 +175,16 @@ def random_affine(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Gen
     flip = torch.ones(B, device=device)
     if cfg.hflip:
         flip = torch.where(torch.rand(B, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    # width x sqrt(r), height / sqrt(r): the ratio changes by r and the area stays (a wide digit grows less)
+    stretch = torch.ones(B, device=device)
+    if cfg.aspect:
+        stretch = torch.exp(uniform(-math.log1p(cfg.aspect), math.log1p(cfg.aspect)) / 2)
     # translate is in [-1, 1] normalised coords: a fraction f of the image is 2f.
     tx, ty = uniform(-2 * cfg.translate, 2 * cfg.translate), uniform(-2 * cfg.translate, 2 * cfg.translate)
+    # output -> input: undo the stretch (x / stretch, y * stretch), then the rotation and zoom
     theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], dim=1), torch.stack([sin * flip, cos, ty], dim=1)], dim=1
+        [torch.stack([cos * flip / stretch, -sin * stretch, tx], dim=1),
+         torch.stack([sin * flip / stretch, cos * stretch, ty], dim=1)], dim=1
     ).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode=cfg.interpolation, padding_mode="zeros", align_corners=False)

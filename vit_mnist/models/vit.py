@@ -142,7 +142,16 @@ class Attention(nn.Module):
             weights = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)
             x = weights @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+            dropout_p = self.attn_dropout if self.training else 0.0
+            if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+                # torch's CPU flash-attention backward is ~12x slower in bf16 than in fp32 at these sizes (it undid
+                # the bf16 matmuls' gain: docs/benchmark.md); attention is a small share of the FLOPs, so it runs in
+                # fp32, outside autocast (which would cast its inputs back to bf16)
+                with torch.autocast("cpu", enabled=False):
+                    x = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+                x = x.to(q.dtype)
+            else:
+                x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         x = x.transpose(1, 2).reshape(B, N, D)
         return self.proj_drop(self.proj(x)), weights
 

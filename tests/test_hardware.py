@@ -1,0 +1,53 @@
+"""CPU facts for timings and the bf16 warning: read from /proc/cpuinfo-style text, said once, only where it is due."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from vit_mnist import hardware
+from vit_mnist.hardware import _cpuinfo, isa_summary, native_bf16, warn_if_slow_bf16
+
+EPYC_AVX2 = {"fpu", "sse2", "avx", "avx2", "fma"}
+XEON_AMX = EPYC_AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+
+
+def test_cpuinfo_gives_the_first_model_name_and_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    assert _cpuinfo(info) == ("AMD EPYC 9R14", {"fpu", "avx2", "avx512f", "avx512_bf16"})
+    assert _cpuinfo(tmp_path / "missing") == ("", set())
+
+
+def test_isa_summary_and_native_bf16() -> None:
+    assert isa_summary(EPYC_AVX2) == "avx2, no avx512f avx512_bf16 amx_bf16"
+    assert isa_summary(XEON_AMX) == "avx2 avx512f avx512_bf16 amx_bf16"
+    assert isa_summary(set()) == "instruction sets unknown"
+    assert native_bf16(EPYC_AVX2) is False and native_bf16(XEON_AMX) is True and native_bf16(set()) is None
+
+
+@pytest.fixture
+def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "_warned", set())
+
+
+def test_bf16_on_a_cpu_without_it_is_said_once(fresh_warning: None, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="vit_mnist.hardware"):
+        assert warn_if_slow_bf16("bf16-mixed", "cpu", EPYC_AVX2)
+        assert not warn_if_slow_bf16("bf16-mixed", "cpu", EPYC_AVX2)  # once per process
+    assert len(caplog.records) == 1
+    assert "without native bfloat16" in caplog.text and "trainer.precision=32-true" in caplog.text
+
+
+@pytest.mark.parametrize(("precision", "accelerator", "flags"), [
+    ("bf16-mixed", "cpu", XEON_AMX),   # native bf16: nothing to say
+    ("32-true", "cpu", EPYC_AVX2),     # not bf16
+    ("bf16-mixed", "gpu", EPYC_AVX2),  # the GPU computes
+    ("bf16-mixed", "cpu", set()),      # flags unknown: no guess
+])
+def test_bf16_warning_stays_quiet_where_it_is_not_due(fresh_warning: None, precision: str, accelerator: str,
+                                                      flags: set[str]) -> None:
+    assert not warn_if_slow_bf16(precision, accelerator, flags)

@@ -1,0 +1,83 @@
+"""What the CPU is and can do: its model name and the instruction sets that decide fp32 and bf16 speed."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# The instruction sets that matter here, as Linux's /proc/cpuinfo (and `lscpu`) name them.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic: dot products or tile matrix multiplies
+
+
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
+    """(model name, flags) of the first processor in a /proc/cpuinfo file; ("", set()) where there is none."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return "", set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name, e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8488C"."""
+    return _cpuinfo()[0] or platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags (empty where the OS does not say, e.g. off Linux)."""
+    return frozenset(_cpuinfo()[1])
+
+
+def isa_summary(flags: frozenset[str] | set[str] | None = None) -> str:
+    """The flags of ISA_FLAGS the CPU has and lacks, e.g. "avx2 avx512f avx512_bf16, no amx_bf16"."""
+    flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return "instruction sets unknown"
+    have = [f for f in ISA_FLAGS if f in flags]
+    lack = [f for f in ISA_FLAGS if f not in flags]
+    return " ".join(have) + (", no " + " ".join(lack) if lack else "") if have else "no " + " ".join(lack)
+
+
+def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool | None:
+    """Whether the CPU computes in bfloat16 natively (None: unknown, the OS gives no flags)."""
+    flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return None
+    return any(f in flags for f in BF16_FLAGS)
+
+
+_warned: set[str] = set()
+
+
+def warn_if_slow_bf16(precision: str, accelerator: str, flags: frozenset[str] | set[str] | None = None) -> bool:
+    """Say once per process that bf16 on this CPU is emulated (slower than fp32); True if it said so."""
+    if "bf16" not in str(precision) or str(accelerator) not in ("cpu", "auto") or native_bf16(flags) is not False:
+        return False
+    if accelerator == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return False
+    if "bf16" in _warned:
+        return False
+    _warned.add("bf16")
+    log.warning(
+        "precision=%s on %s, a CPU without native bfloat16 (no %s): every bf16 operation is converted to and from "
+        "fp32 in software, so this trains slower than fp32, not faster. Use trainer.precision=32-true on this CPU; "
+        "bf16 pays on CPUs with AVX512-BF16 or AMX and on GPUs.", precision, cpu_model(), " or ".join(BF16_FLAGS))
+    return True

@@ -19,9 +19,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TINY, compose_config
 from vit_mnist.data import load_split
 from vit_mnist.data.corruptions import KINDS, corrupt, draw_segments, stroke_width
+from vit_mnist.data.other_writers import load_other_writers
 from vit_mnist.errors import UserError
 from vit_mnist.evaluate import evaluate
-from vit_mnist.other_writers import load_other_writers
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.robustness import (OUTPUT_FILES, SUITE_FILE, Scorer, build_suite, robustness, run_suite,
                                   seen_names)

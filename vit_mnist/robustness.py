@@ -18,8 +18,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.data.corruptions import KINDS, corrupt
+from vit_mnist.data.other_writers import DESCRIPTION as OTHER_WRITERS, load_other_writers
 from vit_mnist.errors import UserError
-from vit_mnist.other_writers import DESCRIPTION as OTHER_WRITERS, load_other_writers
 from vit_mnist.reports.classification import write_atomic, write_json
 from vit_mnist.training.tta import tta_logits
 
@@ -178,7 +178,7 @@ def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], image
               suite: Sequence[CorruptionSpec], seed: int = 0, examples: int = 6, other_writers: bool = False
               ) -> tuple[list[ModelResult], dict[str, torch.Tensor]]:
     """Every model on the clean images, on each corruption (each corrupted once, shared by the models) and, with
-    `other_writers`, on the digits of writers outside MNIST (vit_mnist.other_writers).
+    `other_writers`, on the digits of writers outside MNIST (vit_mnist.data.other_writers).
 
     Returns the results and the first `examples` images of each set for the examples figure.
     """

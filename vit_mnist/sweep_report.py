@@ -31,7 +31,7 @@ class JobRow:
     val_acc_best: float | None
     test_acc: float | None
     test_mca: float | None  # mean corruption accuracy, when the jobs ran the benchmark (robustness=true)
-    test_other_writers: float | None  # accuracy on the digits of writers outside MNIST (vit_mnist.other_writers)
+    test_other_writers: float | None  # accuracy on the digits of writers outside MNIST (vit_mnist.data.other_writers)
     num_parameters: int | None
     patch_size: int | None
     depth: int | None

@@ -100,3 +100,14 @@ def test_background_norm_keeps_clean_digits_and_removes_a_grey_background() -> N
     grey = (x + 0.5).clamp(max=1.0)  # MNIST-C's brightness: a grey background, strokes saturated
     fixed = norm((grey - mean) / std) * std + mean
     assert (fixed - x).abs().mean() < 0.05 < (grey - x).abs().mean()
+
+
+def test_background_norm_is_the_grey_level_top_hat_of_a_square_window() -> None:
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x = torch.rand(5, 2, 23, 19)
+    eroded = -F.max_pool2d(-x, 9, stride=1, padding=4)  # the textbook opening with max_pool2d
+    tophat = x - F.max_pool2d(eroded, 9, stride=1, padding=4)
+    expected = (tophat / tophat.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-3) - 0.1307) / 0.3081
+    assert torch.equal(BackgroundNorm()(x), expected)

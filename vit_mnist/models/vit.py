@@ -88,12 +88,19 @@ class BackgroundNorm(nn.Module):
         self.window = window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = self.window // 2
-        eroded = -F.max_pool2d(-x, self.window, stride=1, padding=pad)
-        opened = F.max_pool2d(eroded, self.window, stride=1, padding=pad)
+        eroded = -self._square_max(-x)
+        opened = self._square_max(eroded)
         tophat = x - opened
         peak = tophat.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-3)
         return (tophat / peak - 0.1307) / 0.3081
+
+    def _square_max(self, x: torch.Tensor) -> torch.Tensor:
+        """max_pool2d(x, window, stride=1, padding=window // 2), as a max over rows then over columns: the same
+        numbers, 2w comparisons instead of w^2, and unfold + amax, which is ~20x faster than torch's CPU max_pool2d
+        at these sizes (a fifth of `experiment=fast`'s step went there)."""
+        w, pad = self.window, self.window // 2
+        x = F.pad(x, (0, 0, pad, pad), value=float("-inf")).unfold(-2, w, 1).amax(dim=-1)
+        return F.pad(x, (pad, pad, 0, 0), value=float("-inf")).unfold(-1, w, 1).amax(dim=-1)
 
 
 class PatchEmbed(nn.Module):

@@ -169,9 +169,11 @@ def test_summary_shows_robustness_when_the_jobs_measured_it(sweep: Path, tmp_pat
     assert "test/mca" not in metrics and "test/mca" not in (sweep / "sweep_summary.md").read_text()
     for job, mca in (("a", 0.8125), ("b", 0.9375)):  # jobs of a sweep with robustness=true
         (tmp_path / "runs" / job).mkdir(parents=True)
-        (tmp_path / "runs" / job / "metrics.json").write_text(json.dumps({**metrics, "test/mca": mca}))
+        (tmp_path / "runs" / job / "metrics.json").write_text(json.dumps(
+            {**metrics, "test/mca": mca, "test/other_writers": mca - 0.0625}))
     rows = write_sweep_report(tmp_path / "runs")
     assert sorted(r.test_mca for r in rows) == [0.8125, 0.9375]
+    assert sorted(r.test_other_writers for r in rows) == [0.75, 0.875]
     summary = (tmp_path / "runs" / "sweep_summary.md").read_text()
-    assert "| test/mca |" in summary and "| 0.9375 |" in summary
+    assert "| test/mca | test/other_writers |" in summary and "| 0.9375 | 0.8750 |" in summary
     assert {r["test_mca"] for r in read_csv(tmp_path / "runs" / "sweep_summary.csv")} == {"0.8125", "0.9375"}

@@ -178,31 +178,29 @@ def time_train_step(net: nn.Module, make_optimizer: Callable, batches: list, ste
     return best_rate(time_loop(step, steps, warmup, repeats, device), len(batches[0][0]), repeats)
 
 
+def profile_step(step: Callable[[int], Any], steps: int, device: torch.device) -> Any:
+    """torch profiler's per-op averages over `steps` calls of `step` (CUDA kernels too on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        synchronize(device)
+    return prof.key_averages()
+
+
 def matmul_share(step: Callable[[int], Any], steps: int, device: torch.device) -> float:
     """Fraction of the profiled time of `steps` calls of `step` spent in matrix multiplies and attention kernels:
     1 / share bounds how much faster the step could get by removing everything else."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for i in range(steps):
-            step(i)
-        synchronize(device)
-    return matmul_share_of(prof.key_averages(), on_device=device.type == "cuda")
+    return matmul_share_of(profile_step(step, steps, device), on_device=device.type == "cuda")
 
 
-def op_profile(step: Callable[[int], Any], steps: int, device: torch.device, rows: int) -> str:
-    """torch profiler's per-op table of `steps` calls of `step`, the most self time first (forward and backward ops
-    apart: backward kernels carry `_backward` in their names)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for i in range(steps):
-            step(i)
-        synchronize(device)
+def op_table(averages: Any, device: torch.device, rows: int) -> str:
+    """The per-op table of `profile_step`'s averages, the most self time first (forward and backward ops apart:
+    backward kernels carry `_backward` in their names)."""
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
+    return averages.table(sort_by=sort_by, row_limit=rows, max_name_column_width=70)
 
 
 def is_matmul_op(name: str) -> bool:
@@ -367,12 +365,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 compile_network(net, model_cfg["compile"])
             timing = (cfg.steps, cfg.warmup, cfg.repeats, device)
             step = time_train_step(net, make_optimizer, batches, *timing, cfg.precision)
-            share = (matmul_share(train_step(net, make_optimizer, batches, device, cfg.precision),
-                                  cfg.profile_steps, device) if cfg.profile_steps and vit else None)
-            if cfg.profile_table and name == OURS:
-                table = op_profile(train_step(net, make_optimizer, batches, device, cfg.precision),
-                                   max(1, int(cfg.profile_steps)), device, int(cfg.profile_table))
-                print(f"Per-op profile of our train step, batch {batch}, {cfg.precision}:\n{table}")
+            table = bool(cfg.profile_table) and name == OURS
+            share = None
+            if (cfg.profile_steps and vit) or table:  # one profile serves the matmul share and the op table
+                averages = profile_step(train_step(net, make_optimizer, batches, device, cfg.precision),
+                                        max(1, int(cfg.profile_steps)), device)
+                if cfg.profile_steps and vit:
+                    share = matmul_share_of(averages, on_device=device.type == "cuda")
+                if table:
+                    print(f"Per-op profile of our train step, batch {batch}, {cfg.precision}:\n"
+                          f"{op_table(averages, device, int(cfg.profile_table))}")
             inference = time_inference(net, batches, *timing, cfg.precision)
             pipeline = time_pipeline(cfg, batch, device) if name == OURS else None
             rows.append(Row(name, batch, count_parameters(net), flops / 1e6, step, inference, pipeline, share))

@@ -96,6 +96,17 @@ def test_resume_from_last_checkpoint_continues(trained: tuple[Path, dict], data_
     assert min(steps) >= 4 * per_epoch - 1
 
 
+def test_last_checkpoint_holds_the_final_epoch_even_without_improvement(data_dir: Path, tmp_path: Path) -> None:
+    """Weights that barely move never beat the first epoch's val/acc: last.ckpt must still be the newest epoch."""
+    cfg = compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=3", "optimizer.lr=1e-12",
+                                 "test=false", "logger=csv"], tmp_path)
+    metrics = train(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    assert best["epoch"] == 0  # val/acc never improved after the first epoch
+    assert last["epoch"] == 2 and last["global_step"] == metrics["global_step"]
+
+
 def test_same_seed_same_validation_metrics(data_dir: Path, tmp_path: Path) -> None:
     runs = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):

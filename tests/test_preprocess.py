@@ -12,7 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from vit_mnist.data import MNISTDataModule, load_split
-from vit_mnist.data.preprocess import load_image, normalize, preprocess, to_mnist_layout
+from vit_mnist.data.preprocess import (STROKE_WIDTH_RANGE, load_image, measure_stroke_width, normalize,
+                                       normalize_stroke_width, preprocess, to_mnist_layout)
 from vit_mnist.errors import UserError
 
 
@@ -121,6 +122,39 @@ def test_unknown_layout_and_huge_images_are_refused() -> None:
         load_image(buffer.getvalue())
 
 
+@pytest.mark.parametrize("pen", [2, 4, 90])
+def test_fine_pens_and_fat_markers_get_mnist_stroke_widths(pen: int) -> None:
+    """A 7 written with a 2- or 4-pixel pen (under half a pixel once fitted to 20x20) or a 90-pixel marker."""
+    low, high = STROKE_WIDTH_RANGE
+    crop = np.asarray(drawn_seven(width=pen, ink=255, paper=0), dtype=np.float64)
+    rows, cols = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
+    crop = crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    box_width = measure_stroke_width(crop) * 20 / max(crop.shape)  # in pixels of MNIST's 20x20 box
+    assert (box_width < low) if pen < 10 else (box_width > high)  # outside MNIST's range as drawn
+    changed = normalize_stroke_width(crop)
+    assert low <= measure_stroke_width(changed) * 20 / max(changed.shape) <= high
+    assert changed.max() == pytest.approx(255.0)
+    pixels = to_mnist_layout(load_image(drawn_seven(width=pen)))
+    assert pixels.max() == 255 and max(ink_box(pixels)) == 20  # full strength, and still fitted to the box
+    if pen < 10:  # a fine pen's line would be too faint and thin to survive the fit to 20x20
+        assert measure_stroke_width(pixels) >= low
+
+
+def test_mnist_width_strokes_are_left_as_drawn() -> None:
+    crop = np.asarray(drawn_seven(width=30, ink=255, paper=0), dtype=np.float64)[20:290, 240:400]
+    assert normalize_stroke_width(crop) is crop
+
+
+def test_unevenly_lit_paper_becomes_black() -> None:
+    flat = np.asarray(drawn_seven(), dtype=np.float64)
+    rows, cols = np.indices(flat.shape)
+    lit = np.where(flat < 128, flat, 150 + 100 * cols / flat.shape[1] - 30 * rows / flat.shape[0])  # a lamp on the right
+    pixels, reference = to_mnist_layout(lit), to_mnist_layout(flat)
+    # no grey paper left: a gradient's remains would ink the corners and far more pixels than the flat page's 7
+    assert all(corner.max() == 0 for corner in (pixels[:5, :5], pixels[:5, -5:], pixels[-5:, :5], pixels[-5:, -5:]))
+    assert (pixels > 3).sum() <= 1.15 * (reference > 3).sum()
+
+
 @pytest.mark.slow
 def test_real_mnist_digits_are_nearly_unchanged_by_the_full_pipeline() -> None:
     """MNIST's own digits already have the layout: running the whole recipe on them must barely move them."""
@@ -131,6 +165,7 @@ def test_real_mnist_digits_are_nearly_unchanged_by_the_full_pipeline() -> None:
     images = images[:300, 0].numpy()
     redone = np.stack([to_mnist_layout(load_image(im), "full") for im in images])
     correlation = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(images, redone, strict=True)]
-    assert np.median(correlation) > 0.99 and np.percentile(correlation, 5) > 0.95
+    # the strokes of about 90% of MNIST's digits lie in the width range that the pipeline leaves as they are
+    assert np.median(correlation) > 0.99 and np.mean(np.array(correlation) > 0.99) > 0.85
     shift = [np.hypot(*np.subtract(center_of_mass(a), center_of_mass(b))) for a, b in zip(images, redone, strict=True)]
     assert np.percentile(shift, 95) < 0.5  # pixels

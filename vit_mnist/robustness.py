@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.data.corruptions import KINDS, corrupt
 from vit_mnist.data.other_writers import DESCRIPTION as OTHER_WRITERS, load_other_writers
+from vit_mnist.data.pen_photos import DESCRIPTION as PEN_PHOTOS, PEN_PHOTOS_IMAGES, make_pen_photos
 from vit_mnist.errors import UserError
 from vit_mnist.reports.classification import write_atomic, write_json
 from vit_mnist.training.tta import tta_logits
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 SEVERITIES = (1, 2, 3, 4, 5)
 SUITE_FILE = CONFIG_DIR / "robustness.yaml"
 OUTPUT_FILES = ("robustness.md", "robustness.json", "robustness.csv", "robustness.png", "robustness_examples.png")
+# Digits that reach the model the way a user's do, through predict's preprocessing (MNIST models only); each is
+# reported apart from the mCA. name -> (row label, what it is)
+DIGIT_SETS = {"other_writers": ("other writers", OTHER_WRITERS), "pen_photos": ("pen photos", PEN_PHOTOS)}
 
 
 # ------------------------------------------------------------------------------------------------ the suite
@@ -123,8 +127,14 @@ class ModelResult:
     seen: list[str]
     num_parameters: int = 0
     arch: str = "vit"
-    other_writers: float | None = None  # accuracy on digits by writers outside MNIST (MNIST models only)
+    # accuracy on each of DIGIT_SETS that was measured (MNIST models only)
+    digit_sets: dict[str, float] = field(default_factory=dict)
     predictions: dict[str, list[int]] = field(default_factory=dict)  # the example digits' predicted classes
+
+    @property
+    def other_writers(self) -> float | None:
+        """Accuracy on digits by writers outside MNIST (None: not measured)."""
+        return self.digit_sets.get("other_writers")
 
     @property
     def mca(self) -> float:
@@ -142,7 +152,7 @@ class ModelResult:
         return {
             "name": self.name, "ckpt_path": self.source, "arch": self.arch, "num_parameters": self.num_parameters,
             "clean_acc": self.clean, "mca": self.mca, "unseen_mca": self.unseen_mca,
-            "other_writers_acc": self.other_writers,
+            **{f"{name}_acc": self.digit_sets.get(name) for name in DIGIT_SETS},
             "mean_drop": self.clean - self.mca if self.accuracy else math.nan,
             "seen": self.seen, "worst": [{"corruption": k, "acc": v} for k, v in self.worst()],
             "acc": self.accuracy,
@@ -174,11 +184,19 @@ class Scorer:
         return float(metric(preds, labels)), preds
 
 
+def load_digit_set(name: str, images: torch.Tensor, labels: torch.Tensor, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of DIGIT_SETS as uint8 (N, 1, 28, 28) images in the MNIST layout and their labels."""
+    if name == "other_writers":
+        return load_other_writers()
+    return make_pen_photos(images[:PEN_PHOTOS_IMAGES], seed), labels[:PEN_PHOTOS_IMAGES]
+
+
 def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], images: torch.Tensor, labels: torch.Tensor,
-              suite: Sequence[CorruptionSpec], seed: int = 0, examples: int = 6, other_writers: bool = False
+              suite: Sequence[CorruptionSpec], seed: int = 0, examples: int = 6, digit_sets: Sequence[str] = ()
               ) -> tuple[list[ModelResult], dict[str, torch.Tensor]]:
-    """Every model on the clean images, on each corruption (each corrupted once, shared by the models) and, with
-    `other_writers`, on the digits of writers outside MNIST (vit_mnist.data.other_writers).
+    """Every model on the clean images, on each corruption (each corrupted once, shared by the models) and on
+    each of `digit_sets` (names in DIGIT_SETS: digits through predict's preprocessing).
 
     Returns the results and the first `examples` images of each set for the examples figure.
     """
@@ -188,11 +206,11 @@ def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], image
         clean, preds = scorer.accuracy(images, labels)
         predictions = {"_targets": labels[:examples].tolist(), "clean": preds[:examples].tolist()}
         results.append(ModelResult(name, source, clean, {}, seen, predictions=predictions, **extra))
-    if other_writers:
-        writer_images, writer_labels = load_other_writers()
+    for set_name in digit_sets:
+        set_images, set_labels = load_digit_set(set_name, images, labels, seed)
         for result, (_, _, scorer, _, _) in zip(results, scorers):
-            result.other_writers = scorer.accuracy(writer_images, writer_labels)[0]
-        log.info("%-14s %s", "other_writers", "  ".join(f"{r.other_writers:.4f}" for r in results))
+            result.digit_sets[set_name] = scorer.accuracy(set_images, set_labels)[0]
+        log.info("%-14s %s", set_name, "  ".join(f"{r.digit_sets[set_name]:.4f}" for r in results))
     for spec in suite:
         started = time.perf_counter()
         corrupted = corrupt(images, spec.kind, spec.level, seed=seed, name=spec.name)
@@ -224,8 +242,8 @@ def robustness_markdown(results: Sequence[ModelResult], suite: Sequence[Corrupti
     lines.append("| **clean** | " + " | ".join(f"**{_pct(r.clean)}**" for r in results) + " |")
     lines.append("| **mCA** | " + " | ".join(f"**{_pct(r.mca)}**" for r in results) + " |")
     lines.append("| **unseen mean** | " + " | ".join(f"**{_pct(r.unseen_mca)}**" for r in results) + " |")
-    if any(r.other_writers is not None for r in results):
-        lines.append("| **other writers** | " + " | ".join(f"**{_pct(r.other_writers)}**" for r in results) + " |")
+    for name, (label, _) in _measured_sets(results).items():
+        lines.append(f"| **{label}** | " + " | ".join(f"**{_pct(r.digit_sets.get(name))}**" for r in results) + " |")
     lines.append("| drop from clean | " + " | ".join(_pct(r.clean - r.mca) for r in results) + " |")
     for spec in suite:
         cells = [f"{_pct(r.accuracy[spec.name])}{'*' if spec.name in r.seen else ''}" for r in results]
@@ -236,9 +254,14 @@ def robustness_markdown(results: Sequence[ModelResult], suite: Sequence[Corrupti
         lines.append(f"| {r.name} | `{r.source}` | {r.num_parameters:,} | {worst} |")
     lines += ["", "Corruptions: " + "; ".join(f"{s.name} = {s.kind} at severity {s.severity} ({s.level}, {s.source})"
                                                for s in suite) + ".", ""]
-    if any(r.other_writers is not None for r in results):
-        lines += [f"Other writers: {OTHER_WRITERS}; not part of mCA.", ""]
+    for label, description in _measured_sets(results).values():
+        lines += [f"{label.capitalize()}: {description}; not part of mCA.", ""]
     return "\n".join(lines)
+
+
+def _measured_sets(results: Sequence[ModelResult]) -> dict[str, tuple[str, str]]:
+    """The entries of DIGIT_SETS that some model was scored on."""
+    return {k: v for k, v in DIGIT_SETS.items() if any(k in r.digit_sets for r in results)}
 
 
 def robustness_csv(results: Sequence[ModelResult], suite: Sequence[CorruptionSpec]) -> str:
@@ -249,9 +272,9 @@ def robustness_csv(results: Sequence[ModelResult], suite: Sequence[CorruptionSpe
     writer.writerow(["clean", "", "", *[f"{r.clean:.6f}" for r in results]])
     writer.writerow(["mca", "", "", *[f"{r.mca:.6f}" for r in results]])
     writer.writerow(["unseen_mca", "", "", *[f"{r.unseen_mca:.6f}" for r in results]])
-    if any(r.other_writers is not None for r in results):
-        writer.writerow(["other_writers", "", "uci", *["" if r.other_writers is None else f"{r.other_writers:.6f}"
-                                                       for r in results]])
+    for name in _measured_sets(results):
+        writer.writerow([name, "", "deployment", *["" if r.digit_sets.get(name) is None
+                                                   else f"{r.digit_sets[name]:.6f}" for r in results]])
     for spec in suite:
         writer.writerow([spec.name, spec.severity, spec.source, *[f"{r.accuracy[spec.name]:.6f}" for r in results]])
     return buffer.getvalue()
@@ -287,8 +310,8 @@ def write_reports(results: Sequence[ModelResult], suite: Sequence[CorruptionSpec
             writer.add_scalar(f"{prefix}/clean", r.clean, step)
             writer.add_scalar(f"{prefix}/mca", r.mca, step)
             writer.add_scalar(f"{prefix}/unseen_mca", r.unseen_mca, step)
-            if r.other_writers is not None:
-                writer.add_scalar(f"{prefix}/other_writers", r.other_writers, step)
+            for name, acc in r.digit_sets.items():
+                writer.add_scalar(f"{prefix}/{name}", acc, step)
             for name, acc in r.accuracy.items():
                 writer.add_scalar(f"{prefix}/acc/{name}", acc, step)
         writer.add_image("robustness/accuracy", figure_to_array(paths["robustness.png"]), step, dataformats="HWC")
@@ -309,8 +332,8 @@ def print_results(results: Sequence[ModelResult]) -> None:
         table.add_column(r.name, justify="right")
     for label, fn in (("clean", lambda r: r.clean), ("mCA", lambda r: r.mca), ("unseen mean", lambda r: r.unseen_mca)):
         table.add_row(label, *[_pct(fn(r)) for r in results])
-    if any(r.other_writers is not None for r in results):
-        table.add_row("other writers", *[_pct(r.other_writers) for r in results])
+    for name, (label, _) in _measured_sets(results).items():
+        table.add_row(label, *[_pct(r.digit_sets.get(name)) for r in results])
     for name in results[0].accuracy:
         table.add_row(name, *[_pct(r.accuracy[name]) + ("*" if name in r.seen else "") for r in results])
     Console().print(table)
@@ -331,18 +354,19 @@ def training_robustness(module: Any, datamodule: Any, augment: dict | None, out_
                     len(datamodule.class_names), datamodule.hparams.eval_batch_size)
     extra = {"num_parameters": module.num_parameters, "arch": str(module.hparams.model.get("arch", "vit"))}
     was_training = module.training
+    sets = list(DIGIT_SETS) if reads_digits(datamodule.hparams.name) else []
     results, shown = run_suite([("this run", str(out_dir), scorer, seen_names(suite, augment), extra)], images, labels,
-                               suite, seed, other_writers=reads_digits(datamodule.hparams.name))
+                               suite, seed, digit_sets=sets)
     module.train(was_training)
     write_reports(results, suite, shown, out_dir, datamodule.class_names, len(labels), seed, loggers, step)
     r = results[0]
-    writers = {} if r.other_writers is None else {"test/other_writers": r.other_writers}
-    return {"test/mca": r.mca, "test/mca_unseen": r.unseen_mca, **writers, "test/acc_clean_suite": r.clean,
+    sets = {f"test/{name}": acc for name, acc in r.digit_sets.items()}
+    return {"test/mca": r.mca, "test/mca_unseen": r.unseen_mca, **sets, "test/acc_clean_suite": r.clean,
             "robustness_images": len(labels), **{f"test/corrupt/{k}": v for k, v in r.accuracy.items()}}
 
 
 def reads_digits(dataset: str) -> bool:
-    """Whether the other writers' digits are a fair test: the model was trained on MNIST's digits."""
+    """Whether DIGIT_SETS are a fair test: the model was trained on MNIST's digits."""
     return str(dataset) == "mnist"
 
 
@@ -444,8 +468,8 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
                         int(cfg.batch_size))
         extra = {"num_parameters": module.num_parameters, "arch": str(module.hparams.model.get("arch", "vit"))}
         scorers.append((name, str(Path(path).expanduser().resolve()), scorer, seen_names(suite, augment), extra))
-    other_writers = bool(cfg.get("other_writers", True)) and reads_digits(cfg.data.name)
-    results, shown = run_suite(scorers, images, labels, suite, int(cfg.seed), int(cfg.examples), other_writers)
+    sets = [name for name in DIGIT_SETS if bool(cfg.get(name, True))] if reads_digits(cfg.data.name) else []
+    results, shown = run_suite(scorers, images, labels, suite, int(cfg.seed), int(cfg.examples), sets)
     loggers = instantiate_group(cfg.get("logger"))
     write_reports(results, suite, shown, out_dir, datamodule.class_names, len(labels), int(cfg.seed), loggers)
     for logger in loggers:
@@ -455,7 +479,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     summary["device"] = str(device)
     write_json(out_dir / "metrics.json", {"status": "ok", "models": [
         {"name": r.name, "clean_acc": r.clean, "mca": r.mca, "unseen_mca": r.unseen_mca,
-         "other_writers_acc": r.other_writers} for r in results],
+         **{f"{name}_acc": r.digit_sets.get(name) for name in DIGIT_SETS}} for r in results],
         "wall_time_s": summary["wall_time_s"]})
     print_results(results)
     print(f"reports in {out_dir}")

@@ -184,6 +184,8 @@ def robustness_note(ckpt_path: str) -> str:
         model = json.loads(report_file.read_text())["models"][0]
         writers = model.get("other_writers_acc")
         writers = "" if writers is None else f"; other writers' digits {100 * writers:.1f}%"
+        pens = model.get("pen_photos_acc")
+        writers += "" if pens is None else f"; fine-pen photos {100 * pens:.1f}%"
         return (f"on corrupted test digits this model scores {100 * model['mca']:.1f}% (mCA; clean "
                 f"{100 * model['clean_acc']:.2f}%, unseen kinds {100 * model['unseen_mca']:.1f}%{writers}), "
                 f"from {report_file}")

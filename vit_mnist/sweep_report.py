@@ -32,6 +32,7 @@ class JobRow:
     test_acc: float | None
     test_mca: float | None  # mean corruption accuracy, when the jobs ran the benchmark (robustness=true)
     test_other_writers: float | None  # accuracy on the digits of writers outside MNIST (vit_mnist.data.other_writers)
+    test_pen_photos: float | None  # accuracy on test digits photographed as fine-pen notes (vit_mnist.data.pen_photos)
     num_parameters: int | None
     patch_size: int | None
     depth: int | None
@@ -102,6 +103,7 @@ def read_job(job_dir: Path, sweep_dir: Path) -> JobRow:
         test_acc=_number(metrics.get("test/acc")),
         test_mca=_number(metrics.get("test/mca")),
         test_other_writers=_number(metrics.get("test/other_writers")),
+        test_pen_photos=_number(metrics.get("test/pen_photos")),
         num_parameters=_int(metrics.get("num_parameters")),
         **{k: _int(shape.get(k)) for k in SHAPE_KEYS},
         epochs=_int(metrics.get("epochs")),
@@ -125,7 +127,7 @@ def sort_rows(rows: list[JobRow]) -> list[JobRow]:
 def _cell(value: Any, name: str) -> str:
     if value is None:
         return ""
-    if name in ("val_acc_best", "test_acc", "test_mca", "test_other_writers"):
+    if name in ("val_acc_best", "test_acc", "test_mca", "test_other_writers", "test_pen_photos"):
         return f"{value:.4f}"
     if name in ("wall_time_s", "train_images_per_s"):
         return f"{value:.1f}"
@@ -157,12 +159,13 @@ def split_overrides(rows: list[JobRow]) -> tuple[list[str], dict[str, str]]:
 def to_markdown(rows: list[JobRow], sweep_dir: Path) -> str:
     """A heading with the counts, the shared overrides and the best job; the table; the reason of every failure."""
     # the table's last column: only the overrides that differ between jobs (all of them are in the CSV)
-    robustness = [k for k in ("test_mca", "test_other_writers")  # the benchmark's columns, when measured
+    robustness = [k for k in ("test_mca", "test_other_writers", "test_pen_photos")  # the benchmark's, when measured
                   if any(getattr(r, k) is not None for r in rows)]
     columns = ["job", "status", "val_acc_best", "test_acc", *robustness, "num_parameters", *SHAPE_KEYS, "epochs",
                "wall_time_s", "train_images_per_s", "overrides"]
     titles = {"val_acc_best": "val/acc_best", "test_acc": "test/acc", "test_mca": "test/mca",
-              "test_other_writers": "test/other_writers", "num_parameters": "parameters",
+              "test_other_writers": "test/other_writers", "test_pen_photos": "test/pen_photos",
+              "num_parameters": "parameters",
               "wall_time_s": "wall time (s)", "train_images_per_s": "train images/s"}
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "incomplete")}
     lines = [f"# Sweep summary: {sweep_dir}", "",

@@ -168,7 +168,7 @@ def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: d
                                                cfg.get("robustness_images")))
             metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
     hp_metrics = {k: metrics[k] for k in ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen",
-                                          "test/other_writers")
+                                          "test/other_writers", "test/pen_photos")
                   if k in metrics}
     for logger in loggers:
         if tensorboard_writers([logger]):
@@ -184,7 +184,7 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
 
     table = Table(title="Run finished", caption=str(out_dir), show_header=False)
     for key in ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/mca", "test/mca_unseen",
-                "test/other_writers", "num_parameters", "epochs",
+                "test/other_writers", "test/pen_photos", "num_parameters", "epochs",
                 "train_images_per_s", "wall_time_s", "best_checkpoint"):
         if key in metrics:
             value = metrics[key]

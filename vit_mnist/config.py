@@ -39,7 +39,18 @@ def _abspath(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _abspath)):
+# Datasets of ink on paper: a user's digit may come on grey or unevenly lit paper, which the weight-free
+# background normalisation (model.input_norm=tophat) takes away. Garments fill their image: it would take them away.
+INK_ON_PAPER = ("mnist",)
+
+
+def input_norm_for(dataset: str) -> str:
+    """The default model.input_norm for a dataset: tophat for handwritten digits, none otherwise."""
+    return "tophat" if str(dataset) in INK_ON_PAPER else "none"
+
+
+for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _abspath),
+                   ("vit_mnist.input_norm_for", input_norm_for)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vit_mnist.data.idx import write_idx
+from vit_mnist.data.preprocess import to_mnist_layout
 from vit_mnist.data.sources import SPLIT_FILES, get_spec
 
 
@@ -36,3 +38,9 @@ def write_dataset(root: str | Path, name: str = "mnist", n_train: int = 800, n_t
         write_idx(raw / f"{image_file}{suffix}", pattern_images(labels, rng))
         write_idx(raw / f"{label_file}{suffix}", labels)
     return Path(root)
+
+
+def laid_out(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 1, 28, 28) images put through predict's full layout (fitted to 20x20, centred by mass): the
+    synthetic patterns fill their frame, and a 28x28 file must be in MNIST's layout to be used as it is."""
+    return torch.from_numpy(np.stack([to_mnist_layout(image.numpy(), "full") for image in images[:, 0]]))[:, None]

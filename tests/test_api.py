@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.conftest import TINY, compose_config
 from tests.deploy_helpers import tiny_checkpoint
+from tests.synthetic import laid_out
 from vit_mnist import Classifier, Predictions, load_model
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
@@ -37,7 +38,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dic
 @pytest.fixture(scope="module")
 def test_images(data_dir: Path) -> torch.Tensor:
     images, _ = load_split("mnist", str(data_dir), "test", download=False)
-    return images[:24]  # uint8 (24, 1, 28, 28)
+    return laid_out(images[:24])  # uint8 (24, 1, 28, 28), in MNIST's layout
 
 
 def _model_labels(ckpt: Path, images: torch.Tensor, data_dir: Path) -> np.ndarray:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.deploy_helpers import tiny_checkpoint
+from tests.synthetic import laid_out
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor, load_checkpoint
@@ -30,9 +31,9 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def png_files(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, ckpt: Path) -> tuple[list[str], np.ndarray]:
-    """20 synthetic test images saved as PNG, and the model's labels on the same images as dataset tensors."""
+    """20 synthetic test images in MNIST's layout saved as PNG, and the model's labels on the same images as tensors."""
     images, _ = load_split("mnist", str(data_dir), "test", download=False)
-    images = images[:20]
+    images = laid_out(images[:20])
     folder = tmp_path_factory.mktemp("pngs")
     files = []
     for i, image in enumerate(images):

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from tests.deploy_helpers import tiny_checkpoint
+from tests.synthetic import laid_out
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
@@ -78,14 +79,14 @@ def test_upload_raw_image_and_json_pixels_predict(client: TestClient, predictor:
     assert form == raw
     assert np.array(form["image"])[0].max() == 0 and np.array(form["image"]).max() == 255  # inverted, white on black
 
-    images = load_split("mnist", str(data_dir), "test", download=False)[0][:5]
+    images = laid_out(load_split("mnist", str(data_dir), "test", download=False)[0][:5])
     with torch.no_grad():
         x = MNISTDataModule(name="mnist", data_dir=str(data_dir)).transform(images, train=False)
         expected = predictor.net(x).softmax(dim=1).numpy()
     for image, probabilities in zip(images, expected, strict=True):
         body = assert_prediction(client.post("/api/predict", json={"pixels": image[0].tolist()}), predictor)
         np.testing.assert_allclose(body["probabilities"], probabilities, atol=1e-5)
-        assert body["image"] == image[0].tolist()  # a 28x28 array is used as it is
+        assert body["image"] == image[0].tolist()  # a 28x28 array in MNIST's layout is used as it is
 
 
 def chunks(data: bytes, size: int = 65536):

@@ -39,14 +39,15 @@ def _abspath(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-# Datasets of ink on paper: a user's digit may come on grey or unevenly lit paper, which the weight-free
-# background normalisation (model.input_norm=tophat) takes away. Garments fill their image: it would take them away.
-INK_ON_PAPER = ("mnist",)
-
-
 def input_norm_for(dataset: str) -> str:
-    """The default model.input_norm for a dataset: tophat for handwritten digits, none otherwise."""
-    return "tophat" if str(dataset) in INK_ON_PAPER else "none"
+    """The default model.input_norm for a dataset: tophat for handwritten digits, none otherwise.
+
+    A user's digit may come on grey or unevenly lit paper, which the weight-free background normalisation takes
+    away; garments fill their image, and it would take them away.
+    """
+    from vit_mnist.data.sources import is_handwritten
+
+    return "tophat" if is_handwritten(dataset) else "none"
 
 
 for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _abspath),

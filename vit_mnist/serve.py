@@ -141,7 +141,7 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, layout: str = "
 
         def work() -> tuple[np.ndarray, np.ndarray]:
             try:
-                pixels = to_mnist_layout(load_image(source), layout)
+                pixels = to_mnist_layout(load_image(source), layout, predictor.reads_digits)
             except UserError as e:
                 raise ApiError(422, " ".join(str(e).split())) from e
             x = normalize(pixels, predictor.mean, predictor.std)[None, None]

@@ -29,6 +29,9 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     md5: dict[str, str] = field(default_factory=dict)  # of the official .gz files
     image_size: int = 28
+    # handwritten digits, ink on paper: users' images get MNIST's layout and the default background normalisation,
+    # and the robustness benchmark scores digits from outside the dataset
+    handwritten: bool = False
 
     @property
     def files(self) -> list[str]:
@@ -43,6 +46,7 @@ DATASETS = {
         mean=0.1307,
         std=0.3081,
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        handwritten=True,
         md5={
             "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
@@ -66,6 +70,12 @@ DATASETS = {
         },
     ),
 }
+
+
+def is_handwritten(name: str) -> bool:
+    """Whether dataset `name` (a checkpoint's or config's `data.name`) holds handwritten digits."""
+    spec = DATASETS.get(str(name))
+    return spec is not None and spec.handwritten
 
 
 def get_spec(name: str) -> DatasetSpec:

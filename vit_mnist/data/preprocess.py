@@ -128,12 +128,14 @@ def to_mnist_layout(gray: np.ndarray, layout: str = "auto", digits: bool = True)
     check_layout(layout)
     gray = np.asarray(gray, dtype=np.float64)
     if layout == "auto" and gray.shape == (MNIST_SIZE, MNIST_SIZE):
-        if in_mnist_layout(gray) if digits else np.median(_border(gray)) <= WHITE_PAPER:
+        laid_out = in_mnist_layout(gray) if digits else bool(np.median(_border(gray)) <= WHITE_PAPER)
+        if laid_out:
             return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
 
-    if paper_plane(gray).mean() > 127.5:  # dark ink on light paper: MNIST is light ink on black
-        gray = 255.0 - gray
-    ink = np.clip(gray - paper_plane(gray), 0, None)  # grey or unevenly lit paper becomes black
+    paper = paper_plane(gray)
+    if paper.mean() > 127.5:  # dark ink on light paper: MNIST is light ink on black
+        gray, paper = 255.0 - gray, 255.0 - paper
+    ink = np.clip(gray - paper, 0, None)  # grey or unevenly lit paper becomes black
     peak = float(ink.max())
     if peak < MIN_CONTRAST:
         raise UserError(
@@ -191,15 +193,16 @@ def paper_plane(gray: np.ndarray) -> np.ndarray:
     the whole page would leave half of it grey.
     """
     height, width = gray.shape
-    rows, cols = np.indices(gray.shape)
-    edge = np.zeros(gray.shape, dtype=bool)
-    edge[[0, -1], :] = edge[:, [0, -1]] = True
-    values = gray[edge]
+    inner = np.arange(1, height - 1)
+    # each border pixel's (row, column), in _border's order
+    rows = np.concatenate([np.zeros(width), np.full(width, height - 1), inner, inner]) / height
+    cols = np.concatenate([np.arange(width), np.arange(width), np.zeros(len(inner)), np.full(len(inner), width - 1)])
+    values = _border(gray)
     median = np.median(values)
     keep = np.abs(values - median) <= 3 * np.median(np.abs(values - median)) + 1.0
-    basis = np.stack([np.ones(gray.shape), rows / height, cols / width], axis=-1)
-    coef = np.linalg.lstsq(basis[edge][keep], values[keep], rcond=None)[0]
-    return basis @ coef
+    basis = np.stack([np.ones_like(rows), rows, cols / width], axis=1)
+    offset, per_row, per_col = np.linalg.lstsq(basis[keep], values[keep], rcond=None)[0]
+    return offset + per_row * (np.arange(height) / height)[:, None] + per_col * (np.arange(width) / width)[None, :]
 
 
 def _crop_to_ink(ink: np.ndarray) -> np.ndarray:

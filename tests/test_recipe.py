@@ -20,6 +20,17 @@ from vit_mnist.training.module import ViTClassifier
 from vit_mnist.training.tta import SHIFTS, shift, tta_logits
 
 
+@pytest.mark.parametrize(("experiment", "arch", "parameters"), [("fast", "vit", 137_642), ("fast_cnn", "cnn", 72_666)])
+def test_speed_recipes_run_a_few_steps(data_dir: Path, tmp_path: Path, experiment: str, arch: str,
+                                       parameters: int) -> None:
+    """The time-to-99% pair of the speed comparison: each composes with its own network and trains (debug=fdr)."""
+    cfg = compose_config([f"paths.data_dir={data_dir}", f"experiment={experiment}", "debug=fdr", "data.val_size=100",
+                          "data.download=false", "trainer.accelerator=cpu"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 1 and metrics["arch"] == arch and metrics["num_parameters"] == parameters
+    assert cfg.model.input_norm == "tophat" and cfg.data.augment.min_resolution > 0 and cfg.tta
+
+
 @pytest.mark.parametrize("experiment", ["note_budget", "best", "fast"])
 def test_experiment_configs_compose_within_the_parameter_budget(data_dir: Path, tmp_path: Path, experiment: str) -> None:
     # Without TINY: the experiment's own model shape.

@@ -19,8 +19,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from vit_mnist.config import CONFIG_DIR, checkpoint_entry_main, run_job
 from vit_mnist.data.corruptions import KINDS, corrupt
 from vit_mnist.data.other_writers import DESCRIPTION as OTHER_WRITERS, load_other_writers
-from vit_mnist.data.sources import is_handwritten
 from vit_mnist.data.pen_photos import DESCRIPTION as PEN_PHOTOS, PEN_PHOTOS_IMAGES, make_pen_photos
+from vit_mnist.data.sources import is_handwritten
 from vit_mnist.errors import UserError
 from vit_mnist.reports.classification import write_atomic, write_json
 from vit_mnist.training.tta import tta_logits

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from vit_mnist.data.sources import is_handwritten
 from vit_mnist.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -45,8 +46,6 @@ def input_norm_for(dataset: str) -> str:
     A user's digit may come on grey or unevenly lit paper, which the weight-free background normalisation takes
     away; garments fill their image, and it would take them away.
     """
-    from vit_mnist.data.sources import is_handwritten  # here: vit_mnist.data pulls in torch and Lightning
-
     return "tophat" if is_handwritten(dataset) else "none"
 
 

@@ -42,6 +42,16 @@ def test_defaults_are_the_notes_model() -> None:
     assert cfg.data.augment.hflip is False
 
 
+@pytest.mark.parametrize("model", ["vit", "cnn"])
+def test_background_normalisation_defaults_to_digits_only(model: str) -> None:
+    """Handwritten digits get the top-hat and scan/blur variation by default; garments, which fill their image, not."""
+    mnist = _compose([f"model={model}"])
+    fashion = _compose([f"model={model}", "data=fashion_mnist"])
+    assert mnist.model.input_norm == "tophat" and mnist.data.augment.min_resolution == 10
+    assert fashion.model.input_norm == "none" and fashion.data.augment.min_resolution == 0
+    assert fashion.data.augment.blur == 0.0 and _compose(["experiment=seed_note"]).model.input_norm == "none"
+
+
 def test_seed_note_is_the_notes_recipe() -> None:
     cfg = _compose(["experiment=seed_note"])
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 3e-4

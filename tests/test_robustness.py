@@ -257,8 +257,10 @@ def test_several_checkpoints_side_by_side(trained: dict, data_dir: Path, tmp_pat
 
     other = untrained_checkpoint(tmp_path / "untrained.ckpt", "mnist")
     summary = robustness(robustness_config(data_dir, tmp_path / "rob", f"ckpt_paths=[{trained['best_checkpoint']},{other}]",
-                                           "names=[trained,untrained]", "only=[stripe]", "num_images=50"))
+                                           "names=[trained,untrained]", "only=[stripe]", "num_images=50",
+                                           "pen_photos=false"))
     assert [m["name"] for m in summary["models"]] == ["trained", "untrained"]
+    assert all(m["pen_photos_acc"] is None and m["other_writers_acc"] is not None for m in summary["models"])
     header = next(csv.reader((tmp_path / "rob" / "robustness.csv").open()))
     assert header[3:] == ["trained", "untrained"]
     assert "| | trained | untrained |" in (tmp_path / "rob" / "robustness.md").read_text()

@@ -6,11 +6,10 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import ndimage
-from skimage.morphology import skeletonize
+from skimage.morphology import disk, skeletonize
 
 from vit_mnist.data.preprocess import load_image, to_mnist_layout
 
-NAME = "pen_photos"
 DESCRIPTION = ("the first 1,000 test digits redrawn along their centre line with a fine pen (0.4-0.9 px wide in MNIST's "
                "20-pixel box) as dark ink on unevenly lit, noisy paper at 8x the resolution, through predict's "
                "preprocessing")
@@ -28,17 +27,12 @@ def pen_photo(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = digit.shape[0] * SCALE
     shape = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR)) > 127
     radius = int(rng.choice(PEN_RADII))
-    pen = ndimage.binary_dilation(skeletonize(shape), structure=_disk(radius))
+    pen = ndimage.binary_dilation(skeletonize(shape), structure=disk(radius))
     ink = ndimage.gaussian_filter(pen.astype(np.float64), 0.8)  # the pen's soft edge and the lens
     rows, cols = np.mgrid[0:size, 0:size] / size
     paper = rng.uniform(190, 235) + rng.uniform(-25, 25) * rows + rng.uniform(-25, 25) * cols
     photo = paper * (1 - ink) + rng.uniform(20, 100) * ink + rng.normal(0.0, 4.0, ink.shape)
     return np.clip(photo, 0, 255)
-
-
-def _disk(radius: int) -> np.ndarray:
-    rows, cols = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    return rows**2 + cols**2 <= radius**2
 
 
 def make_pen_photos(images: torch.Tensor, seed: int = 0) -> torch.Tensor:

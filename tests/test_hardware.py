@@ -1,4 +1,4 @@
-"""CPU facts for timings and the bf16 warning: read from /proc/cpuinfo-style text, said once, only where it is due."""
+"""CPU facts for timings, the bf16 warning and the fastest precision: read from /proc/cpuinfo-style text."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vit_mnist import hardware
-from vit_mnist.hardware import _cpuinfo, isa_summary, native_bf16, warn_if_slow_bf16
+from vit_mnist.hardware import _cpuinfo, fastest_precision, isa_summary, native_bf16, warn_if_slow_bf16
 
 EPYC_AVX2 = {"fpu", "sse2", "avx", "avx2", "fma"}
 XEON_AMX = EPYC_AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
@@ -51,3 +51,29 @@ def test_bf16_on_a_cpu_without_it_is_said_once(fresh_warning: None, caplog: pyte
 def test_bf16_warning_stays_quiet_where_it_is_not_due(fresh_warning: None, precision: str, accelerator: str,
                                                       flags: set[str]) -> None:
     assert not warn_if_slow_bf16(precision, accelerator, flags)
+
+
+@pytest.mark.parametrize(("accelerator", "flags", "cuda_bf16", "expected"), [
+    ("cpu", XEON_AMX, None, "bf16-mixed"),
+    ("cpu", EPYC_AVX2 | {"avx512_bf16"}, None, "bf16-mixed"),  # AVX512-BF16 without AMX: native too
+    ("cpu", EPYC_AVX2, None, "32-true"),       # emulated bf16 is slower than fp32
+    ("cpu", set(), None, "32-true"),           # flags unknown: the safe choice
+    ("gpu", EPYC_AVX2, True, "bf16-mixed"),    # the GPU computes, whatever the CPU
+    ("cuda", XEON_AMX, False, "16-mixed"),     # a GPU without bf16 (e.g. V100)
+    ("mps", XEON_AMX, None, "32-true"),
+])
+def test_fastest_precision(accelerator: str, flags: set[str], cuda_bf16: bool | None, expected: str) -> None:
+    assert fastest_precision(accelerator, flags, cuda_bf16) == expected
+
+
+def test_fastest_precision_resolves_in_a_config() -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    import vit_mnist.config  # noqa: F401  (registers the resolvers)
+
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "${vit_mnist.fastest_precision:${trainer.accelerator}}"}})
+    assert cfg.trainer.precision == fastest_precision("cpu")
+    if not torch.cuda.is_available():
+        cfg.trainer.accelerator = "auto"
+        assert cfg.trainer.precision == fastest_precision("cpu")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vit_mnist.errors import UserError
-from vit_mnist.models.vit import Attention, VisionTransformer, count_parameters, sincos_2d
+from vit_mnist.models.vit import CPU_BF16_EXPLICIT_TOKENS, Attention, VisionTransformer, count_parameters, sincos_2d
 
 
 @pytest.mark.parametrize(("patch", "depth", "heads", "pool"), [(7, 4, 4, "cls"), (4, 2, 8, "mean"), (14, 1, 2, "cls"), (28, 3, 1, "mean")])
@@ -97,8 +97,11 @@ def test_sincos_positions_tell_every_patch_apart_and_encode_distance() -> None:
     assert random.pos_embed.std() < 0.05
 
 
-def test_cpu_bf16_autocast_runs_attention_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
-    # torch's bf16 CPU flash-attention backward is many times slower than fp32's; the matmuls around it stay bf16
+@pytest.mark.parametrize(("tokens", "sdpa_dtypes"), [(17, []), (CPU_BF16_EXPLICIT_TOKENS + 1, [torch.float32])])
+def test_cpu_bf16_attention_avoids_the_slow_bf16_kernel(monkeypatch: pytest.MonkeyPatch, tokens: int,
+                                                        sdpa_dtypes: list) -> None:
+    # torch's bf16 CPU flash-attention backward is many times slower than fp32's: short sequences take explicit bf16
+    # products around an fp32 softmax, longer ones fp32 SDPA; both must agree with the fp32 attention
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -109,14 +112,38 @@ def test_cpu_bf16_autocast_runs_attention_in_fp32(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
     torch.manual_seed(0)
     attention = Attention(dim=32, heads=2)
-    x = torch.randn(3, 17, 32, requires_grad=True)
+    x = torch.randn(3, tokens, 32, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = attention(x)
-    assert seen == [torch.float32] and out.dtype == torch.bfloat16
-    out.float().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
-    reference, _ = attention(x)
-    assert torch.allclose(out.float(), reference, atol=0.05)
+    assert seen == sdpa_dtypes and out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    grad_bf16, x.grad = x.grad.clone(), None
     seen.clear()
-    attention(x)  # fp32 as it was
+    reference, _ = attention(x)  # fp32 as it was
     assert seen == [torch.float32]
+    reference.square().sum().backward()
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(grad_bf16, x.grad, atol=0.1, rtol=0.1)
+    # and the explicit attention weights are a distribution over the tokens
+    _, weights = attention(x, return_weights=True)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, tokens))
+
+
+def test_two_conv_stem_keeps_token_grid_at_half_resolution() -> None:
+    model = VisionTransformer(hidden_dim=32, depth=1, heads=2, mlp_dim=64, patch_size=4, stem="conv2")
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x).shape == (2, 10) and model.patch_embed.num_patches == 49
+    assert model.patch_embed.stem(x).shape == (2, 16, 14, 14)
+    assert model.patch_embed.proj.kernel_size == (2, 2)
+    full = VisionTransformer(hidden_dim=32, depth=1, heads=2, mlp_dim=64, patch_size=4, stem="conv")
+    assert full.patch_embed.stem(x).shape == (2, 16, 28, 28)
+    # the one-conv stem keeps the parameter names its checkpoints were saved with
+    assert {k for k in full.state_dict() if k.startswith("patch_embed.stem.")} >= {
+        "patch_embed.stem.0.weight", "patch_embed.stem.1.weight", "patch_embed.stem.1.running_mean"}
+
+
+def test_two_conv_stem_needs_an_even_patch() -> None:
+    with pytest.raises(UserError) as error:
+        VisionTransformer(hidden_dim=32, depth=1, heads=2, mlp_dim=64, patch_size=7, stem="conv2")
+    assert "model.stem=conv2" in str(error.value) and "model.patch_size" in str(error.value)
+    assert "even" in str(error.value)

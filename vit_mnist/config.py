@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.data.sources import is_handwritten
 from vit_mnist.errors import UserError
+from vit_mnist.hardware import fastest_precision
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -50,7 +51,7 @@ def input_norm_for(dataset: str) -> str:
 
 
 for _name, _fn in (("vit_mnist.root", project_root), ("vit_mnist.abspath", _abspath),
-                   ("vit_mnist.input_norm_for", input_norm_for)):
+                   ("vit_mnist.input_norm_for", input_norm_for), ("vit_mnist.fastest_precision", fastest_precision)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 

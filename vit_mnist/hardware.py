@@ -81,3 +81,21 @@ def warn_if_slow_bf16(precision: str, accelerator: str, flags: frozenset[str] | 
         "fp32 in software, so this trains slower than fp32, not faster. Use trainer.precision=32-true on this CPU; "
         "bf16 pays on CPUs with AVX512-BF16 or AMX and on GPUs.", precision, cpu_model(), " or ".join(BF16_FLAGS))
     return True
+
+
+def fastest_precision(accelerator: str, flags: frozenset[str] | set[str] | None = None,
+                      cuda_bf16: bool | None = None) -> str:
+    """The training precision that is fastest on this machine for `trainer.accelerator`, for recipes that race
+    the clock: bf16-mixed on a CPU with native bf16 or a GPU with bf16, 16-mixed on an older GPU, else 32-true
+    (bf16 on a CPU without it is emulated, slower than fp32). `cuda_bf16` overrides the GPU check (tests)."""
+    import torch
+
+    accelerator = str(accelerator)
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16-mixed" if cuda_bf16 else "16-mixed"
+    if accelerator in ("cpu", "auto"):
+        return "bf16-mixed" if native_bf16(flags) else "32-true"
+    return "32-true"  # mps and others: fp32, as Lightning's default

@@ -11,9 +11,12 @@ from torch import nn
 from vit_mnist.errors import UserError
 
 POOLS = ("cls", "mean")
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "conv2")
 POS_INITS = ("sincos", "random")
 INPUT_NORMS = ("none", "tophat")
+# up to this many tokens, bf16 attention on a CPU runs as explicit products (faster there than any SDPA kernel);
+# at 197 tokens the explicit form was 2.4x slower than fp32 flash attention (docs/benchmark.md)
+CPU_BF16_EXPLICIT_TOKENS = 64
 
 
 def check_vit_shape(
@@ -56,6 +59,12 @@ def check_vit_shape(
         raise UserError(f"model.pool={pool!r} is not one of {list(POOLS)}.")
     if stem not in STEMS:
         raise UserError(f"model.stem={stem!r} is not one of {list(STEMS)}.")
+    if stem == "conv2" and (patch_size % 2 or image_size % 2):
+        raise UserError(
+            f"model.stem=conv2 halves the image before cutting patches of half the size, so model.patch_size "
+            f"(here {patch_size}) and model.image_size (here {image_size}) must both be even: choose an even patch "
+            "size that divides the image (e.g. model.patch_size=4 for 28x28) or model.stem=conv."
+        )
     for key, value in (("dropout", dropout), ("drop_path", drop_path)):
         if not 0.0 <= float(value) < 1.0:
             raise UserError(f"model.{key}={value!r} must be in [0, 1).")
@@ -103,6 +112,12 @@ class BackgroundNorm(nn.Module):
         return F.pad(x, (pad, pad, 0, 0), value=float("-inf")).unfold(-1, w, 1).amax(dim=-1)
 
 
+def conv_bn_gelu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """A 3x3 convolution, batch norm and GELU: one layer of the conv stems."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.GELU())
+
+
 class PatchEmbed(nn.Module):
     """Cut the image into non-overlapping patches and project each to `hidden_dim`."""
 
@@ -110,15 +125,16 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
+        width = hidden_dim // 2
         if stem == "conv":
             # A small conv stem (Xiao et al., 2021) gives local features before patching; same output grid.
-            width = hidden_dim // 2
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.GELU(),
-            )
+            self.stem = conv_bn_gelu(in_channels, width, stride=1)
             self.proj = nn.Conv2d(width, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        elif stem == "conv2":
+            # Two convs at half resolution, then half-size patches: the same token grid, cheaper than the one-conv
+            # stem at full resolution, and more accurate per epoch (docs/results.md#fast)
+            self.stem = nn.Sequential(conv_bn_gelu(in_channels, width, stride=2), conv_bn_gelu(width, width, stride=1))
+            self.proj = nn.Conv2d(width, hidden_dim, kernel_size=patch_size // 2, stride=patch_size // 2)
         else:
             self.stem = nn.Identity()
             self.proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
@@ -150,10 +166,15 @@ class Attention(nn.Module):
             x = weights @ v
         else:
             dropout_p = self.attn_dropout if self.training else 0.0
-            if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-                # torch's CPU flash-attention backward is ~12x slower in bf16 than in fp32 at these sizes (it undid
-                # the bf16 matmuls' gain: docs/benchmark.md); attention is a small share of the FLOPs, so it runs in
-                # fp32, outside autocast (which would cast its inputs back to bf16)
+            if q.dtype == torch.bfloat16 and q.device.type == "cpu" and N <= CPU_BF16_EXPLICIT_TOKENS:
+                # torch's CPU flash-attention backward is ~12x slower in bf16 than in fp32 at these sizes
+                # (docs/benchmark.md); for short sequences two bf16 batched products around an fp32 softmax are
+                # ~2x faster still than flash attention in fp32 (forward + backward, 17-49 tokens)
+                scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(self.head_dim))
+                probs = F.dropout(scores.softmax(dim=-1), dropout_p, self.training).to(q.dtype)
+                x = probs @ v
+            elif q.dtype == torch.bfloat16 and q.device.type == "cpu":
+                # longer sequences: the fp32 flash kernel, outside autocast (which would cast its inputs back)
                 with torch.autocast("cpu", enabled=False):
                     x = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
                 x = x.to(q.dtype)

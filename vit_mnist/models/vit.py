@@ -14,8 +14,9 @@ POOLS = ("cls", "mean")
 STEMS = ("patch", "conv", "conv2")
 POS_INITS = ("sincos", "random")
 INPUT_NORMS = ("none", "tophat")
-# up to this many tokens, bf16 attention on a CPU runs as explicit products (faster there than any SDPA kernel);
-# at 197 tokens the explicit form was 2.4x slower than fp32 flash attention (docs/benchmark.md)
+# up to this many tokens, bf16 attention on a CPU runs as explicit products: whole train steps 1.2-1.5x faster
+# than with fp32 flash attention at 17-49 tokens and head widths 24-48 (5% slower at width 16), 25% slower at 197
+# tokens (docs/benchmark.md)
 CPU_BF16_EXPLICIT_TOKENS = 64
 
 
@@ -168,8 +169,8 @@ class Attention(nn.Module):
             dropout_p = self.attn_dropout if self.training else 0.0
             if q.dtype == torch.bfloat16 and q.device.type == "cpu" and N <= CPU_BF16_EXPLICIT_TOKENS:
                 # torch's CPU flash-attention backward is ~12x slower in bf16 than in fp32 at these sizes
-                # (docs/benchmark.md); for short sequences two bf16 batched products around an fp32 softmax are
-                # ~2x faster still than flash attention in fp32 (forward + backward, 17-49 tokens)
+                # (docs/benchmark.md); for short sequences two bf16 batched products around an fp32 softmax beat
+                # flash attention in fp32 too
                 scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(self.head_dim))
                 probs = F.dropout(scores.softmax(dim=-1), dropout_p, self.training).to(q.dtype)
                 x = probs @ v

@@ -32,7 +32,7 @@ def test_speed_recipes_run_a_few_steps(data_dir: Path, tmp_path: Path, experimen
     metrics = train(cfg)
     assert metrics["global_step"] == 1 and metrics["arch"] == arch and metrics["num_parameters"] == parameters
     assert cfg.model.input_norm == "tophat" and cfg.data.augment.min_resolution > 0 and cfg.tta
-    assert cfg.trainer.precision == fastest_precision("cpu") and metrics["num_parameters"] <= 1_000_000
+    assert cfg.trainer.precision == fastest_precision("cpu")
 
 
 @pytest.mark.parametrize("experiment", ["note_budget", "best", "fast", "fast995"])

@@ -15,8 +15,8 @@ STEMS = ("patch", "conv", "conv2")
 POS_INITS = ("sincos", "random")
 INPUT_NORMS = ("none", "tophat")
 # up to this many tokens, bf16 attention on a CPU runs as explicit products: whole train steps 1.2-1.5x faster
-# than with fp32 flash attention at 17-49 tokens and head widths 24-48 (6-20% slower at width 16), 25% slower at 197
-# tokens (docs/benchmark.md)
+# than with fp32 flash attention at 17-49 tokens and head widths 24-48; at width 16 the bare step lost 6-20% but
+# full `fast` runs did not; 25% slower at 197 tokens (docs/benchmark.md)
 CPU_BF16_EXPLICIT_TOKENS = 64
 
 

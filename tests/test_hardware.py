@@ -66,6 +66,14 @@ def test_fastest_precision(accelerator: str, flags: set[str], cuda_bf16: bool | 
     assert fastest_precision(accelerator, flags, cuda_bf16) == expected
 
 
+def test_fastest_precision_on_a_gpu_accelerator_without_cuda_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # e.g. trainer.accelerator=gpu on Apple's MPS
+    assert fastest_precision("gpu", XEON_AMX) == "32-true"
+    assert fastest_precision("auto", XEON_AMX) == "bf16-mixed"  # auto without CUDA trains on the CPU
+
+
 def test_fastest_precision_resolves_in_a_config() -> None:
     import torch
     from omegaconf import OmegaConf

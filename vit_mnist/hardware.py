@@ -94,7 +94,9 @@ def fastest_precision(accelerator: str, flags: frozenset[str] | set[str] | None 
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_gpu:
         if cuda_bf16 is None:
-            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            if not torch.cuda.is_available():
+                return "32-true"  # Lightning's "gpu" without CUDA is Apple's MPS: fp32, its safe default
+            cuda_bf16 = torch.cuda.is_bf16_supported()
         return "bf16-mixed" if cuda_bf16 else "16-mixed"
     if accelerator in ("cpu", "auto"):
         return "bf16-mixed" if native_bf16(flags) else "32-true"

@@ -20,6 +20,7 @@ BOX_SIZE = 20  # MNIST digits were scaled to fit a 20x20 box, keeping their aspe
 CENTER = 14.0  # ... and shifted so the centre of mass lands here (MNIST's test set averages (13.99, 14.01))
 INK_THRESHOLD = 0.2  # fraction of the darkest-to-lightest range that counts as ink when cropping
 WHITE_PAPER = 192.0  # a 28x28 image whose border's median is lighter than this is a drawing on white, not MNIST's
+DARK_BORDER = 64.0  # MNIST's layout has a black border: a digit's 28x28 image with a lighter border median is laid out
 MIN_CONTRAST = 16.0  # grey levels between background and ink below which the image counts as blank
 MAX_PIXELS = 4096 * 4096  # refuse larger images before decoding them (a small PNG can inflate to gigabytes)
 LAYOUTS = ("auto", "full")
@@ -167,7 +168,7 @@ def in_mnist_layout(gray: np.ndarray) -> bool:
     """Whether a 28x28 image is laid out as MNIST's digits are: light ink on a dark border, fitted to 20x20 and
     centred by mass. Every MNIST test digit is (its ink's longer side is 17-20 pixels, its centre of mass within
     0.7 of the middle); a digit resized to 28x28 by hand, which fills the frame, is not."""
-    if np.median(_border(gray)) > WHITE_PAPER / 3:
+    if np.median(_border(gray)) > DARK_BORDER:
         return False
     peak = gray.max()
     if peak < MIN_CONTRAST:

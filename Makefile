@@ -4,22 +4,38 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install train test test-fast lint clean tensorboard serve
+.PHONY: install constraints train test test-fast lint clean tensorboard serve
 
-install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project
+install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project at versions known to pass
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==$(TORCH_VERSION)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+
+# constraints.txt: every package version of an install that passed `make test` (torch aside: `install` pins it, and
+# a CUDA machine's build differs from a CPU one's). Refresh: newest versions the floors in pyproject.toml allow, in a
+# fresh venv; then run `make install test` and commit constraints.txt if it passes.
+constraints:  ## refresh constraints.txt from a fresh install of the newest allowed versions
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --upgrade pip
+	.venv-constraints/bin/pip install torch==$(TORCH_VERSION)
+	.venv-constraints/bin/pip install -e ".[dev]"
+	{ echo "# Versions known to pass 'make test' (used by 'make install'; torch is pinned there). Refresh: make constraints"; \
+	  .venv-constraints/bin/pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt
+	rm -rf .venv-constraints
 
 train:  ## the default ViT on MNIST; pass Hydra overrides with ARGS="model.depth=6 trainer.max_epochs=20"
 	$(BIN)/python -m vit_mnist.train $(ARGS)
 
-test:  ## the whole suite; slow tests run when the real data is found
+test: lint  ## the import contracts, then the whole suite; slow tests run when the real data is found
 	$(BIN)/python -m pytest -q
 
-test-fast:  ## without the slow tests
+test-fast: lint  ## without the slow tests
 	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:  ## the layer contracts of pyproject.toml: entry points -> library packages -> errors (import-linter)
+	$(BIN)/lint-imports
 
 # unless CKPT=path/to.ckpt is given: the newest run whose robustness was measured (robustness=true, e.g.
 # experiment=robust), else the newest best checkpoint under outputs/

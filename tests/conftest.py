@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from tests.synthetic import write_dataset
-from vit_mnist.config import CONFIG_DIR
+from vit_mnist.runtime.paths import CONFIG_DIR
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

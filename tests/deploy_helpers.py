@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY, compose_config
-from vit_mnist.train import train
+from vit_mnist.training.fit import train
 
 
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:

@@ -17,9 +17,10 @@ from tests.synthetic import laid_out
 from vit_mnist import Classifier, Predictions, load_model
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
-from vit_mnist.inference import Predictor, load_checkpoint
-from vit_mnist.predict import predict_files
-from vit_mnist.train import train
+from vit_mnist.inference import Predictor
+from vit_mnist.training.checkpoints import load_module as load_checkpoint
+from vit_mnist.inference.files import predict_files
+from vit_mnist.training.fit import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "deployment.md"

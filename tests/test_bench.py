@@ -16,7 +16,7 @@ import torch
 from tests.conftest import compose_config
 from torch.autograd import DeviceType
 
-from vit_mnist.bench import check_options, matmul_share, matmul_share_of, print_table, run
+from vit_mnist.benchmark.throughput import check_options, matmul_share, matmul_share_of, print_table, run
 from vit_mnist.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

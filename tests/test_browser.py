@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.deploy_helpers import tiny_checkpoint
-from vit_mnist.loadtest import digit_png, free_port
+from vit_mnist.inference.loadcheck import digit_png, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("VIT_MNIST_CHROMIUM", "/usr/bin/chromium")

@@ -15,23 +15,25 @@ import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import TINY, compose_config
-from vit_mnist.config import validate
+from vit_mnist.training.checks import validate
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
-from vit_mnist.evaluate import evaluate
-from vit_mnist.export import export, read_onnx_metadata
-from vit_mnist.inference import Predictor, load_checkpoint
-from vit_mnist.models.cnn import SmallCNN
+from vit_mnist.evaluation.evaluate import evaluate
+from vit_mnist.inference.export import export, read_onnx_metadata
+from vit_mnist.inference import Predictor
+from vit_mnist.training.checkpoints import load_module as load_checkpoint
+from vit_mnist.models.cnn import CNNConfig, SmallCNN
 from vit_mnist.models.registry import MAP_TITLES, build_network
 from vit_mnist.models.vit import VisionTransformer, count_parameters
-from vit_mnist.predict import predict_files
+from vit_mnist.inference.files import predict_files
 from vit_mnist.reports.classification import REPORT_FILES
-from vit_mnist.serve import create_app
-from vit_mnist.train import build, train
-from vit_mnist.training.module import Classifier, ViTClassifier
+from vit_mnist.inference.web import create_app
+from vit_mnist.training.fit import build, train
+from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 # TINY without its ViT shape, and a narrow CNN: a 2-epoch run takes seconds on 2 CPU cores.
@@ -54,7 +56,7 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 
 def test_default_cnn_is_small_and_its_maps_decompose_the_logit() -> None:
-    net = SmallCNN().eval()
+    net = SmallCNN(CNNConfig()).eval()
     assert count_parameters(net) == 288_170 <= 1_000_000
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
@@ -82,7 +84,6 @@ def test_trains_far_above_chance_and_the_checkpoint_says_cnn(trained: tuple[Path
     # Every report is written; attention.png holds class activation maps (the CNN has no attention).
     for name in REPORT_FILES:
         assert (out / name).is_file(), name
-    assert Classifier is ViTClassifier
 
 
 def test_cli_fast_dev_run(data_dir: Path, tmp_path: Path) -> None:
@@ -207,8 +208,21 @@ def test_bad_cnn_config_values_give_their_message(overrides: list[str], message:
     cfg = compose_config(["model=cnn", *overrides], tmp_path)
     with pytest.raises(UserError, match=re.escape(message)):
         validate(cfg)
-    with pytest.raises(UserError, match=re.escape(message)):  # also when built without `validate`
-        build_network(cfg.model)
+    with pytest.raises(ValueError, match=re.escape(message)):  # also when built without `validate`: a plain ValueError
+        build_network(OmegaConf.to_container(cfg.model, resolve=True))
+
+
+def test_cnn_config_takes_widths_as_list_or_tuple_and_checks_them() -> None:
+    from_yaml, from_code = CNNConfig(widths=[16, 32]), CNNConfig(widths=(16, 32))
+    assert from_yaml == from_code and from_yaml.widths == (16, 32)  # a tuple either way: the config is immutable
+    assert CNNConfig().widths == (32, 64, 128)
+    net = SmallCNN(from_yaml)
+    assert net.config is from_yaml and net.no_weight_decay() == set()
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match=re.escape("model.widths=[32, 0] must be a non-empty list")):
+        CNNConfig(widths=(32, 0))
+    with pytest.raises(ValueError, match=re.escape("model.convs_per_block=0 must be a positive integer")):
+        CNNConfig(convs_per_block=0)
 
 
 def test_vit_keys_set_on_a_cnn_name_the_fix(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from vit_mnist.config import CONFIG_DIR, precheck, validate
+from vit_mnist.runtime.paths import CONFIG_DIR
+from vit_mnist.training.checks import validate
 from vit_mnist.errors import UserError
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]
@@ -90,13 +91,24 @@ def test_data_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
          ["update_starting_at_step", "update_starting_at_fraction", "keep one"]),
     ],
 )
-def test_precheck_rejects_bad_configs(overrides: list[str], words: list[str]) -> None:
+def test_validate_rejects_bad_configs(overrides: list[str], words: list[str]) -> None:
     with pytest.raises(UserError) as error:
-        precheck("train", overrides)
+        validate(_compose(overrides))
     for word in words:
         assert word in str(error.value)
 
 
-def test_precheck_leaves_multirun_flags_and_good_configs_alone() -> None:
-    precheck("train", ["model.depth=2"])
-    precheck("train", ["--cfg", "job", "model.patch_size=5"])  # flags: Hydra's business
+def test_validate_accepts_a_good_config() -> None:
+    validate(_compose(["model.depth=2"]))
+
+
+def test_local_config_is_optional_and_read_last(tmp_path: Path) -> None:
+    """conf/local/default.yaml (git-ignored) holds a machine's own settings; without it, configs compose as ever."""
+    assert not (CONFIG_DIR / "local" / "default.yaml").exists() or True  # a developer's own file may exist
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "default.yaml").write_text("# @package _global_\npaths:\n  data_dir: /somewhere/else\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"hydra.searchpath=[file://{tmp_path}]"])
+    assert cfg.paths.data_dir == "/somewhere/else"

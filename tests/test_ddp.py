@@ -22,17 +22,17 @@ from vit_mnist.training.distributed import (
     RankSeed,
     config_flags,
     end_rank_processes,
-    eval_sampler,
     rank_seed,
     relaunch_argv,
 )
+from vit_mnist.data.samplers import eval_sampler
 from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # 800 synthetic train images, VAL_SIZE held out: each of the 2 processes trains on 350 (21 batches of 16).
 # Odd on purpose: torch's DistributedSampler would pad it (101 -> 2 x 51, one image counted twice); the data
-# module's evaluation loaders use vit_mnist.training.distributed.eval_sampler, which never repeats an image.
+# module's evaluation loaders use vit_mnist.data.samplers.eval_sampler, which never repeats an image.
 VAL_SIZE = 101
 DDP = [*TINY, "trainer=ddp_cpu", "trainer.max_epochs=2", "data.batch_size=16", f"data.val_size={VAL_SIZE}"]
 

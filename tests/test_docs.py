@@ -1,4 +1,5 @@
-"""The README and docs/: short README, the CI test command named, every relative link pointing to a file."""
+"""The README and docs/: short README, the CI test command named, every relative link pointing to a file, no
+path of a development machine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-MAX_README_LINES = 210
+MAX_README_LINES = 150
 
 # [text](target) and ![alt](target); the target may be followed by a "title". Inline code is removed first, so
 # a bracket-paren pair inside backticks is not taken for a link; fenced code blocks are removed as well.
@@ -18,6 +19,8 @@ LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"
 REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$", re.MULTILINE)
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.DOTALL)
+# paths of this project's own development machines: the data folder is explained once in the README
+MACHINE_PATHS = ("shared/data", "/work/")
 EXTERNAL = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*:|//)")  # http:, https:, mailto:, ... and protocol-relative
 
 
@@ -78,3 +81,12 @@ def test_readme_is_short() -> None:
 def test_readme_names_the_test_command() -> None:
     # CI (.ci/run) runs `make test`; the README must say so.
     assert "make test" in README.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_machine_specific_paths(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    for needle in MACHINE_PATHS:
+        lines = [n for n, line in enumerate(text.splitlines(), 1) if needle in line]
+        assert not lines, (f"{path.relative_to(ROOT)} names {needle!r} (lines {lines}): a development machine's "
+                           "path; say where the data folder is in general terms (the README explains it once)")

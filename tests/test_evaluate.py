@@ -19,9 +19,10 @@ from tests.conftest import TINY, compose_config
 from vit_mnist.data import load_split
 from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
-from vit_mnist.evaluate import evaluate, with_checkpoint_dataset
+from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule
+from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.reports.classification import REPORT_FILES
-from vit_mnist.train import train
+from vit_mnist.training.fit import train
 from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_evaluate_reproduces_the_training_run(trained: tuple[Path, dict], data_d
 
 
 def test_tta_override_scores_the_shifted_views(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
-    from vit_mnist.training.tta import tta_logits
+    from vit_mnist.models.tta import tta_logits
 
     _, train_metrics = trained
     metrics = evaluate(eval_config(data_dir, tmp_path, train_metrics["best_checkpoint"], "tta=true"))
@@ -150,12 +151,19 @@ def test_bad_input_gives_its_message_and_writes_nothing(trained: tuple[Path, dic
         evaluate(compose_config([f"paths.data_dir={data_dir}"], tmp_path / "none", "evaluate"))
 
 
-def test_dataset_defaults_to_the_checkpoints(tmp_path: Path) -> None:
-    ckpt = untrained_checkpoint(tmp_path / "f.ckpt", "fashion_mnist")
-    assert with_checkpoint_dataset([f"ckpt_path={ckpt}", "split=val"]) == [f"ckpt_path={ckpt}", "split=val",
-                                                                            "data=fashion_mnist"]
-    assert with_checkpoint_dataset([f"ckpt_path={ckpt}", "data=mnist"]) == [f"ckpt_path={ckpt}", "data=mnist"]
-    assert with_checkpoint_dataset([f"ckpt_path={tmp_path}/missing.ckpt"]) == [f"ckpt_path={tmp_path}/missing.ckpt"]
+def test_data_comes_from_what_the_checkpoint_recorded(tmp_path: Path) -> None:
+    """Dataset, val_size and split_seed come from the checkpoint; the command line only says where files are."""
+    ckpt_path = untrained_checkpoint(tmp_path / "f.ckpt", "fashion_mnist")
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["datamodule_hyper_parameters"] = {"name": "fashion_mnist", "val_size": 123, "split_seed": 7, "batch_size": 8}
+    here = {"data_dir": str(tmp_path), "eval_batch_size": 50, "num_workers": 0, "download": False}
+    assert checked_dataset([(str(ckpt_path), ckpt)], here) == "fashion_mnist"
+    datamodule = checkpoint_datamodule(ckpt, "fashion_mnist", here)
+    h = datamodule.hparams
+    assert (h.name, h.val_size, h.split_seed, h.eval_batch_size, datamodule.data_dir) == (
+        "fashion_mnist", 123, 7, 50, str(tmp_path))
+    with pytest.raises(UserError, match="was trained on fashion_mnist, but data=mnist"):
+        checked_dataset([(str(ckpt_path), ckpt)], {**here, "name": "mnist"})
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

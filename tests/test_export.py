@@ -15,9 +15,9 @@ from tests.conftest import TINY, compose_config
 from tests.deploy_helpers import tiny_checkpoint
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
-from vit_mnist.export import export, read_onnx_metadata
-from vit_mnist.inference import load_checkpoint
-from vit_mnist.train import train
+from vit_mnist.inference.export import export, read_onnx_metadata
+from vit_mnist.training.checkpoints import load_module as load_checkpoint
+from vit_mnist.training.fit import train
 
 
 @pytest.fixture(scope="module")

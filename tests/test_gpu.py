@@ -76,7 +76,7 @@ def test_gpu_checkpoint_evaluates_on_the_cpu_alike(data_dir: Path, tmp_path: Pat
 
 
 def test_benchmark_on_cuda(tmp_path: Path) -> None:
-    from vit_mnist.bench import run
+    from vit_mnist.benchmark.throughput import run
 
     assert torch.get_float32_matmul_precision() == "high"  # what training runs with
     overrides = [a for a in TINY_BENCH if not a.startswith("device=")] + ["device=cuda", "peers=false"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vit_mnist import hardware
-from vit_mnist.hardware import _cpuinfo, fastest_precision, isa_summary, native_bf16, warn_if_slow_bf16
+from vit_mnist.runtime import hardware
+from vit_mnist.runtime.hardware import _cpuinfo, fastest_precision, isa_summary, native_bf16, warn_if_slow_bf16
 
 EPYC_AVX2 = {"fpu", "sse2", "avx", "avx2", "fma"}
 XEON_AMX = EPYC_AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
@@ -35,7 +35,7 @@ def fresh_warning(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bf16_on_a_cpu_without_it_is_said_once(fresh_warning: None, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="vit_mnist.hardware"):
+    with caplog.at_level(logging.WARNING, logger="vit_mnist.runtime.hardware"):
         assert warn_if_slow_bf16("bf16-mixed", "cpu", EPYC_AVX2)
         assert not warn_if_slow_bf16("bf16-mixed", "cpu", EPYC_AVX2)  # once per process
     assert len(caplog.records) == 1
@@ -78,7 +78,7 @@ def test_fastest_precision_resolves_in_a_config() -> None:
     import torch
     from omegaconf import OmegaConf
 
-    import vit_mnist.config  # noqa: F401  (registers the resolvers)
+    import vit_mnist.runtime  # noqa: F401  (registers the resolvers)
 
     cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "${vit_mnist.fastest_precision:${trainer.accelerator}}"}})
     assert cfg.trainer.precision == fastest_precision("cpu")

@@ -18,8 +18,9 @@ from tests.deploy_helpers import tiny_checkpoint
 from tests.synthetic import laid_out
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
-from vit_mnist.inference import Predictor, load_checkpoint
-from vit_mnist.predict import expand_images, predict_files, print_table, run
+from vit_mnist.inference import Predictor
+from vit_mnist.training.checkpoints import load_module as load_checkpoint
+from vit_mnist.inference.files import expand_images, predict, predict_files, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def test_run_refuses_bad_settings(ckpt: Path, png_files: tuple[list[str], np.nda
                             ({"top_k": 11}, "top_k=11"), ({"images": ["missing.png"]}, "None of the 1 images"),
                             ({"layout": "centre"}, "layout=")):
         with pytest.raises(UserError, match=message):
-            run(OmegaConf.create({**base, **change}))
+            predict(OmegaConf.create({**base, **change}))
 
 
 def test_checkpoint_errors_say_what_is_wrong(ckpt: Path, tmp_path: Path) -> None:

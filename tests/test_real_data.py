@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import compose_config
 from vit_mnist.data import load_split
-from vit_mnist.train import train
+from vit_mnist.training.fit import train
 
 DATA_DIR = Path(os.environ.get("VIT_MNIST_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 pytestmark = pytest.mark.slow

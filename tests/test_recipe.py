@@ -14,11 +14,12 @@ from torch import nn
 from tests.conftest import compose_config
 from vit_mnist.data import MNISTDataModule
 from vit_mnist.errors import UserError
-from vit_mnist.hardware import fastest_precision
+from vit_mnist.runtime.hardware import fastest_precision
+from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.models.vit import count_parameters
-from vit_mnist.train import build, train
+from vit_mnist.training.fit import build, train
 from vit_mnist.training.module import ViTClassifier
-from vit_mnist.training.tta import SHIFTS, shift, tta_logits
+from vit_mnist.models.tta import SHIFTS, shift, tta_logits
 
 
 @pytest.mark.parametrize(("experiment", "arch", "parameters"),
@@ -33,6 +34,23 @@ def test_speed_recipes_run_a_few_steps(data_dir: Path, tmp_path: Path, experimen
     assert metrics["global_step"] == 1 and metrics["arch"] == arch and metrics["num_parameters"] == parameters
     assert cfg.model.input_norm == "tophat" and cfg.data.augment.min_resolution > 0 and cfg.tta
     assert cfg.trainer.precision == fastest_precision("cpu")
+
+
+SPEED_RECIPES = ("fast", "fast995", "fast_cnn")
+OTHER_RECIPES = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if p.stem not in SPEED_RECIPES)
+
+
+@pytest.mark.parametrize("experiment", OTHER_RECIPES)
+def test_every_other_recipe_runs_as_a_debug_run(data_dir: Path, tmp_path: Path, experiment: str) -> None:
+    """`experiment=<any> debug=fdr` trains one batch, tests, and shrinks what follows the test (the robustness
+    benchmark and its digit sets) to debug's few images: seconds, not the recipe's hours."""
+    cfg = compose_config([f"paths.data_dir={data_dir}", f"experiment={experiment}", "debug=fdr", "data.val_size=100",
+                          "data.download=false", "trainer.accelerator=cpu"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 1 and 0.0 <= metrics["test/acc"] <= 1.0
+    if cfg.get("robustness"):
+        assert metrics["robustness_images"] == cfg.robustness_images == 100
+        assert {"test/mca", "test/other_writers", "test/pen_photos"} <= set(metrics)
 
 
 @pytest.mark.parametrize("experiment", ["note_budget", "best", "fast", "fast995"])

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import vit_mnist
 from vit_mnist import cli
-from vit_mnist.config import CONFIG_DIR, PROJECT_ROOT, find_checkout
+from vit_mnist.runtime.paths import CONFIG_DIR, PROJECT_ROOT, find_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_installed_copy_runs_from_an_empty_folder_and_writes_only_there(
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
-    probe = run(sys.executable, "-c", "import vit_mnist, vit_mnist.config as c; "
+    probe = run(sys.executable, "-c", "import vit_mnist, vit_mnist.runtime.paths as c; "
                 "print(vit_mnist.__file__, c.CONFIG_DIR, c.PROJECT_ROOT, vit_mnist.__version__, sep='\\n')")
     module_file, config_dir, project_root, version = probe.stdout.split("\n")[:4]
     assert Path(module_file).parent == target / "vit_mnist"  # the installed copy, not the checkout

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vit_mnist.models.rollout import attention_rollout
-from vit_mnist.models.vit import VisionTransformer
+from vit_mnist.models.vit import VisionTransformer, ViTConfig
 from vit_mnist.reports.classification import REPORT_FILES, build_report, write_test_reports
 from vit_mnist.reports.samples import ReportSamples
 
@@ -165,7 +165,7 @@ def test_rollout_follows_the_attended_patch() -> None:
 
 
 def test_rollout_of_a_real_model() -> None:
-    model = VisionTransformer(hidden_dim=32, depth=2, heads=2, mlp_dim=64).eval()
+    model = VisionTransformer(ViTConfig(hidden_dim=32, depth=2, heads=2, mlp_dim=64)).eval()
     with torch.no_grad():
         logits, attentions = model(torch.randn(3, 1, 28, 28), return_attention=True)
     maps = attention_rollout(attentions)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +21,18 @@ from vit_mnist.data.corruptions import KINDS, corrupt, draw_segments, stroke_wid
 from vit_mnist.data.other_writers import load_other_writers
 from vit_mnist.data.pen_photos import make_pen_photos
 from vit_mnist.errors import UserError
-from vit_mnist.evaluate import evaluate
+from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.training.module import ViTClassifier
-from vit_mnist.robustness import (OUTPUT_FILES, SUITE_FILE, Scorer, build_suite, robustness, run_suite,
-                                  seen_names)
+from vit_mnist.evaluation.robustness import robustness
+from vit_mnist.reports.robustness import OUTPUT_FILES
+from vit_mnist.robustness_suite.scoring import Scorer, run_suite
+from vit_mnist.robustness_suite.suite import build_suite, seen_names
+from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.data.sources import get_spec
-from vit_mnist.train import train
+from vit_mnist.training.fit import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = OmegaConf.to_container(OmegaConf.load(SUITE_FILE)["corruptions"])
+TABLE = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "corruptions" / "default.yaml"))
 # Kinds whose result does not depend on the seed: nothing random in them.
 FIXED = {"brightness", "stripe", "scale", "canny_edges", "thin", "thick", "low_resolution"}
 EVAL = ["data.eval_batch_size=100", "data.download=false"]
@@ -121,7 +123,7 @@ def tiny_module(seed: int = 0) -> ViTClassifier:
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_benchmark_accuracy_equals_an_independent_count(tta: bool) -> None:
-    from vit_mnist.training.tta import tta_logits
+    from vit_mnist.models.tta import tta_logits
 
     module = tiny_module().eval()
     spec = get_spec("mnist")
@@ -268,7 +270,7 @@ def test_several_checkpoints_side_by_side(trained: dict, data_dir: Path, tmp_pat
 
 
 def test_serve_says_what_robustness_the_checkpoint_has(trained: dict, tmp_path: Path) -> None:
-    from vit_mnist.serve import robustness_note
+    from vit_mnist.inference.web import robustness_note
 
     note = robustness_note(trained["best_checkpoint"])  # a run with robustness=true
     report = json.loads((Path(trained["best_checkpoint"]).parents[1] / "robustness.json").read_text())

@@ -18,7 +18,7 @@ from tests.synthetic import laid_out
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
-from vit_mnist.serve import MAX_BYTES, WEB_DIR, check_port, create_app
+from vit_mnist.inference.web import MAX_BYTES, WEB_DIR, check_port, create_app
 
 
 @pytest.fixture(scope="module")

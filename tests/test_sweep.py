@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import TINY
 from vit_mnist.sweep_report import main as sweep_report_main
-from vit_mnist.sweep_report import write_sweep_report
+from vit_mnist.reports.sweep import write_sweep_report
 
 # One epoch of a few batches: a job takes a second or two, so a sweep's time is mostly process start-up.
 FAST = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
@@ -145,7 +145,7 @@ def test_slurm_launcher_config_composes_and_builds(tmp_path: Path) -> None:
     import hydra
     from hydra import compose, initialize_config_dir
 
-    from vit_mnist.config import CONFIG_DIR
+    from vit_mnist.runtime.paths import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import TINY, compose_config
 from vit_mnist.data import MNISTDataModule
 from vit_mnist.errors import UserError
-from vit_mnist.train import train
+from vit_mnist.training.fit import train
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.module import ViTClassifier
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from tests.conftest import TINY
 from vit_mnist.errors import UserError
-from vit_mnist.train import build, train
+from vit_mnist.training.fit import build, train
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.training.transfer import interpolate_pos_embed, resize_patch_kernel
 

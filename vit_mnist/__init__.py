@@ -1,14 +1,12 @@
 """vit-mnist: Vision Transformers on MNIST-family datasets with PyTorch Lightning and Hydra."""
 
-from importlib import metadata as _metadata
 from typing import Any
 
 import torch
 
-try:  # the installed distribution's version, so that it cannot drift from pyproject.toml
-    __version__ = _metadata.version("vit-mnist")
-except _metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, never installed
-    __version__ = "0+unknown"
+from vit_mnist.version import __version__
+
+__all__ = ["Classifier", "Predictions", "__version__", "load_model"]
 
 # TF32 matrix multiplies on GPUs that have them (Ampere and later), set here because every entry imports the
 # package first: train's and evaluate's main(), the Hydra task function that the SLURM launcher calls directly,

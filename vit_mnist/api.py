@@ -11,7 +11,7 @@ import torch
 
 from vit_mnist.data.preprocess import ImageSource, check_layout
 from vit_mnist.errors import UserError
-from vit_mnist.inference import Predictor
+from vit_mnist.inference.predictor import Predictor
 
 __all__ = ["Classifier", "Predictions", "load_model"]
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     if command == "--version":
-        from vit_mnist import __version__
+        from vit_mnist.version import __version__
 
         print(f"vit-mnist {__version__}")
         return

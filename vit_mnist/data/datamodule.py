@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 from vit_mnist.data.augment import AugmentConfig
 from vit_mnist.data.augment import augment as augment_batch
 from vit_mnist.data.idx import read_images, read_labels
+from vit_mnist.data.samplers import eval_sampler
 from vit_mnist.data.sources import SPLIT_FILES, ensure_files, get_spec
 from vit_mnist.errors import UserError
-from vit_mnist.training.distributed import eval_sampler
 
 
 class InMemoryDataset(Dataset):
@@ -137,7 +137,7 @@ class MNISTDataModule(LightningDataModule):
             dataset,
             batch_size=self.hparams.batch_size if train else self.hparams.eval_batch_size,
             shuffle=train,
-            # with several processes each evaluates its own share, none repeated (vit_mnist.training.distributed)
+            # with several processes each evaluates its own share, none repeated (vit_mnist.data.samplers)
             sampler=None if train else eval_sampler(dataset, self.trainer),
             drop_last=train and len(dataset) > self.hparams.batch_size,
             num_workers=self.hparams.num_workers,

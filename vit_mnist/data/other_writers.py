@@ -10,14 +10,13 @@ import torch
 from vit_mnist.data.preprocess import to_mnist_layout
 from vit_mnist.errors import UserError
 
-NAME = "other_writers"
 DESCRIPTION = ("UCI optical recognition of handwritten digits (scikit-learn's copy: 1,797 digits from NIST forms by 43 "
                "people, a collection apart from MNIST's, 8x8 scans), through predict's preprocessing")
 
 
-@functools.lru_cache(maxsize=1)
-def load_other_writers() -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (1797, 1, 28, 28) white-on-black digits and their int64 labels.
+@functools.lru_cache(maxsize=4)
+def load_other_writers(limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (1797, 1, 28, 28) white-on-black digits and their int64 labels (the first `limit` of them if given).
 
     The set ships inside scikit-learn (no download): NIST-form digits by 43 people, normalised to 32x32
     bitmaps and scanned down to 8x8 counts of ink (0-16). Each digit takes the same path as a user's image in
@@ -31,6 +30,6 @@ def load_other_writers() -> tuple[torch.Tensor, torch.Tensor]:
                         "scikit-learn (it is one of vit-mnist's dependencies; reinstall the project), or set "
                         "other_writers=false.") from e
     digits = load_digits()
-    scans = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    scans = np.rint(digits.images[:limit] * (255.0 / 16.0)).astype(np.uint8)
     images = np.stack([to_mnist_layout(scan, layout="full") for scan in scans])
-    return torch.from_numpy(images)[:, None], torch.from_numpy(digits.target.astype(np.int64))
+    return torch.from_numpy(images)[:, None], torch.from_numpy(digits.target[:limit].astype(np.int64))

@@ -2,50 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from vit_mnist.errors import UserError
-from vit_mnist.models.vit import INPUT_NORMS, BackgroundNorm
+from vit_mnist.models.vit import INPUT_NORMS, BackgroundNorm, is_fraction, is_positive_int
 
 DEFAULT_WIDTHS = (32, 64, 128)
 
 
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+@dataclass(frozen=True)
+class CNNConfig:
+    """Every hyperparameter of the small CNN, named as the `model.*` keys of `model=cnn`; checked when made.
 
+    `widths` may come as a list (YAML, checkpoints) or any sequence; it is kept as a tuple so the config stays
+    immutable. Frozen, so a config that passed `validate` stays valid: change one with `dataclasses.replace`.
+    """
 
-def check_cnn_config(
-    image_size: int = 28,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    widths: list[int] | tuple[int, ...] = DEFAULT_WIDTHS,
-    convs_per_block: int = 2,
-    dropout: float = 0.1,
-    input_norm: str = "none",
-) -> None:
-    """Raise a `UserError` naming the config key when the CNN cannot be built from these values."""
-    problems = [f"model.{key}={value!r} must be a positive integer"
-                for key, value in (("image_size", image_size), ("in_channels", in_channels),
-                                   ("num_classes", num_classes), ("convs_per_block", convs_per_block))
-                if not _positive_int(value)]
-    if problems:
-        raise UserError("Invalid model=cnn configuration: " + "; ".join(problems) + ".")
-    if (not isinstance(widths, (list, tuple)) or not widths
-            or not all(_positive_int(w) for w in widths)):
-        raise UserError(f"model.widths={widths!r} must be a non-empty list of positive integers, one channel count "
-                        f"per conv block, e.g. 'model.widths=[32,64,128]' (quote the brackets for the shell).")
-    # Every block but the last halves the image (2x2 max-pool); the last one must still see at least 1x1.
-    if image_size >> (len(widths) - 1) < 1:
-        fit = image_size.bit_length()
-        raise UserError(f"model.widths={list(widths)} makes {len(widths)} conv blocks, but each block but the last "
-                        f"halves the {image_size}x{image_size} image, so at most {fit} blocks fit: give fewer widths.")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise UserError(f"model.dropout={dropout!r} must be in [0, 1), e.g. model.dropout=0.1; 0 turns it off.")
-    if input_norm not in INPUT_NORMS:
-        raise UserError(f"model.input_norm={input_norm!r} is not one of {list(INPUT_NORMS)}: `tophat` removes each "
-                        "image's smooth background and stretches its contrast before the first convolution; `none` "
-                        "feeds the image as it is.")
+    image_size: int = 28
+    in_channels: int = 1
+    num_classes: int = 10
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    convs_per_block: int = 2
+    dropout: float = 0.1
+    input_norm: str = "none"
+
+    def __post_init__(self) -> None:
+        self.validate()
+        object.__setattr__(self, "widths", tuple(self.widths))  # frozen: the dataclass's own way to set a field
+
+    def validate(self) -> None:
+        """`ValueError` naming the `model.*` key and how to fix it when this CNN cannot be built."""
+        problems = [f"model.{key}={value!r} must be a positive integer"
+                    for key in ("image_size", "in_channels", "num_classes", "convs_per_block")
+                    if not is_positive_int(value := getattr(self, key))]
+        if problems:
+            raise ValueError("Invalid model=cnn configuration: " + "; ".join(problems) + ".")
+        widths, image_size, dropout = self.widths, self.image_size, self.dropout
+        # a list from YAML, a tuple from code (or OmegaConf's ListConfig); a string is a sequence too, but no widths
+        is_sequence = isinstance(widths, Sequence) and not isinstance(widths, (str, bytes))
+        if not is_sequence or not widths or not all(is_positive_int(w) for w in widths):
+            shown = list(widths) if is_sequence else widths  # as the user wrote it, whether list or tuple
+            raise ValueError(f"model.widths={shown!r} must be a non-empty list of positive integers, one channel "
+                             f"count per conv block, e.g. 'model.widths=[32,64,128]' (quote the brackets for the "
+                             f"shell).")
+        # Every block but the last halves the image (2x2 max-pool); the last one must still see at least 1x1.
+        if image_size >> (len(widths) - 1) < 1:
+            fit = image_size.bit_length()
+            raise ValueError(f"model.widths={list(widths)} makes {len(widths)} conv blocks, but each block but the "
+                             f"last halves the {image_size}x{image_size} image, so at most {fit} blocks fit: give "
+                             "fewer widths.")
+        if not is_fraction(dropout):
+            raise ValueError(f"model.dropout={dropout!r} must be in [0, 1), e.g. model.dropout=0.1; 0 turns it off.")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"model.input_norm={self.input_norm!r} is not one of {list(INPUT_NORMS)}: `tophat` "
+                             "removes each image's smooth background and stretches its contrast before the first "
+                             "convolution; `none` feeds the image as it is.")
 
 
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -69,34 +83,29 @@ class SmallCNN(nn.Module):
     where the evidence lies, as attention rollout does for the ViT.
     """
 
-    def __init__(
-        self,
-        image_size: int = 28,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        widths: list[int] | tuple[int, ...] = DEFAULT_WIDTHS,
-        convs_per_block: int = 2,
-        dropout: float = 0.1,
-        input_norm: str = "none",
-    ):
+    def __init__(self, config: CNNConfig):
         super().__init__()
-        check_cnn_config(image_size, in_channels, num_classes, widths, convs_per_block, dropout, input_norm)
+        self.config = config
         # the ViT's weight-free background normalisation (model.input_norm=tophat), for a like-for-like comparison
-        self.input_norm = BackgroundNorm() if input_norm == "tophat" else nn.Identity()
+        self.input_norm = BackgroundNorm() if config.input_norm == "tophat" else nn.Identity()
         blocks: list[nn.Module] = []
-        channels = in_channels
+        channels, widths = config.in_channels, config.widths
         for i, width in enumerate(widths):
             layers = []
-            for _ in range(convs_per_block):
+            for _ in range(config.convs_per_block):
                 layers += conv_bn_relu(channels, width)
                 channels = width
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             blocks.append(nn.Sequential(*layers))
         self.features = nn.Sequential(*blocks)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(channels, num_classes)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(channels, config.num_classes)
         self._init_weights()
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to exempt from weight decay besides norms and biases: none in a CNN."""
+        return set()
 
     def _init_weights(self) -> None:
         # He (fan-out) initialisation for ReLU convolutions, as torchvision's VGG and ResNet.

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Callable
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from vit_mnist.errors import UserError
-from vit_mnist.models.cnn import SmallCNN, check_cnn_config
+from vit_mnist.models.cnn import CNNConfig, SmallCNN
 from vit_mnist.models.rollout import attention_rollout
-from vit_mnist.models.vit import VisionTransformer, check_vit_shape
+from vit_mnist.models.vit import ViTConfig, VisionTransformer
 
-# model.arch -> the network class and the check of its arguments (same argument names as the class).
-ARCHS: dict[str, tuple[type[nn.Module], Callable[..., None]]] = {
-    "vit": (VisionTransformer, check_vit_shape),
-    "cnn": (SmallCNN, check_cnn_config),
+# model.arch -> the network class and its config dataclass (whose fields are the network's model.* keys).
+ARCHS: dict[str, tuple[type[nn.Module], type[ViTConfig] | type[CNNConfig]]] = {
+    "vit": (VisionTransformer, ViTConfig),
+    "cnn": (SmallCNN, CNNConfig),
 }
 NAMES = {"vit": "the Vision Transformer", "cnn": "the small CNN"}
 # Checkpoints written before `model.arch` existed hold a ViT: a config without the key means one.
@@ -31,36 +30,31 @@ MAP_TITLES = {
 }
 
 
-def _plain(model_cfg: Any) -> dict[str, Any]:
-    return OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+def _options(arch: str) -> list[str]:
+    """The network keys of `arch`, in the order of its config's fields."""
+    return [f.name for f in fields(ARCHS[arch][1])]
 
 
-def model_arch(model_cfg: Any) -> str:
-    """The `model.arch` of a model config or checkpoint hyperparameters; `UserError` for an unknown one."""
+def model_arch(model_cfg: Mapping[str, Any]) -> str:
+    """The `model.arch` of a model config or checkpoint hyperparameters; `ValueError` for an unknown one."""
     arch = model_cfg.get("arch", DEFAULT_ARCH)
     if not isinstance(arch, str) or arch not in ARCHS:
         options = ", ".join(f"model={a} ({NAMES[a]})" for a in ARCHS)
-        raise UserError(f"model.arch={arch!r} is not a network this project builds: choose the config group "
-                        f"{options}, e.g. `model=cnn`, rather than setting model.arch by hand.")
+        raise ValueError(f"model.arch={arch!r} is not a network this project builds: choose the config group "
+                         f"{options}, e.g. `model=cnn`, rather than setting model.arch by hand.")
     return arch
 
 
-def network_kwargs(model_cfg: dict) -> dict:
-    """The network's constructor arguments in a `model` config."""
-    return {k: v for k, v in model_cfg.items() if k not in NON_NETWORK_KEYS}
-
-
-def check_model_config(model_cfg: Any) -> None:
-    """`UserError` naming the config keys when `model_cfg` cannot build its network (before any work starts)."""
-    cfg = _plain(model_cfg)
-    arch = model_arch(cfg)
-    cls, check = ARCHS[arch]
-    signature = inspect.signature(cls.__init__).parameters
-    options = [name for name in signature if name != "self"]
-    unknown = [k for k in network_kwargs(cfg) if k not in options]
+def network_config(model_cfg: Mapping[str, Any]) -> ViTConfig | CNNConfig:
+    """The typed config of the network a `model` config (or a checkpoint's `hyper_parameters.model`) describes;
+    `ValueError` naming the `model.*` keys when it cannot build one. Keys in NON_NETWORK_KEYS are not the
+    network's and are left out; keys not given take the config's defaults."""
+    arch = model_arch(model_cfg)
+    options = _options(arch)
+    values = {k: v for k, v in model_cfg.items() if k not in NON_NETWORK_KEYS}
+    unknown = [k for k in values if k not in options]
     if unknown:
-        other = [a for a, (c, _) in ARCHS.items()
-                 if a != arch and all(k in inspect.signature(c.__init__).parameters for k in unknown)]
+        other = [a for a in ARCHS if a != arch and all(k in _options(a) for k in unknown)]
         # They come from an override, from setting model.arch by hand, or from an experiment config (all of
         # them ViT recipes, which a later `model=cnn` does not undo).
         they, them = ("It is a", "it") if len(unknown) == 1 else ("They are", "them")
@@ -68,21 +62,22 @@ def check_model_config(model_cfg: Any) -> None:
                    f"network with `model={arch}` (not model.arch={arch}) and leave {them} out." if other else "")
         if other and arch != "vit":
             belongs += " The experiment configs are recipes for model=vit and cannot be combined with model=cnn."
-        raise UserError(
+        raise ValueError(
             f"{', '.join(f'model.{k}' for k in unknown)} {'is not an option' if len(unknown) == 1 else 'are not options'} "
             f"of model={arch} ({NAMES[arch]}), whose options are {', '.join(f'model.{k}' for k in options)}.{belongs}"
         )
-    values = {name: p.default for name, p in signature.items() if p.default is not inspect.Parameter.empty}
-    values.update(network_kwargs(cfg))
-    check(**{name: values[name] for name in inspect.signature(check).parameters})
+    return ARCHS[arch][1](**values)
 
 
-def build_network(model_cfg: Any) -> nn.Module:
-    """The network a `model` config (or a checkpoint's `hyper_parameters.model`) describes; `UserError` if bad."""
-    cfg = _plain(model_cfg)
-    check_model_config(cfg)  # a stray key is a clear error here too, not a TypeError from the constructor
-    cls, _ = ARCHS[model_arch(cfg)]
-    return cls(**network_kwargs(cfg))
+def check_model_config(model_cfg: Mapping[str, Any]) -> None:
+    """`ValueError` naming the config keys when `model_cfg` cannot build its network (before any work starts)."""
+    network_config(model_cfg)
+
+
+def build_network(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """The network a `model` config (or a checkpoint's `hyper_parameters.model`) describes; `ValueError` if bad."""
+    network, _ = ARCHS[model_arch(model_cfg)]
+    return network(network_config(model_cfg))
 
 
 @torch.no_grad()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from vit_mnist.errors import UserError
 
 POOLS = ("cls", "mean")
 STEMS = ("patch", "conv", "conv2")
@@ -20,66 +19,90 @@ INPUT_NORMS = ("none", "tophat")
 CPU_BF16_EXPLICIT_TOKENS = 64
 
 
-def check_vit_shape(
-    image_size: int,
-    patch_size: int,
-    hidden_dim: int,
-    heads: int,
-    pool: str = "cls",
-    stem: str = "patch",
-    depth: int = 1,
-    mlp_dim: int = 1,
-    dropout: float = 0.0,
-    drop_path: float = 0.0,
-    pos_init: str = "sincos",
-    input_norm: str = "none",
-) -> None:
-    """Raise a `UserError` naming the config keys when the ViT shape cannot be built."""
-    problems = []
-    for key, value in (("patch_size", patch_size), ("hidden_dim", hidden_dim), ("heads", heads),
-                       ("depth", depth), ("mlp_dim", mlp_dim), ("image_size", image_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"model.{key}={value!r} must be a positive integer")
-    if problems:
-        raise UserError("Invalid model configuration: " + "; ".join(problems) + ".")
-    if image_size % patch_size:
-        divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
-        raise UserError(
-            f"model.patch_size={patch_size} does not divide model.image_size={image_size}: "
-            f"the image must split into whole patches. Choose a patch size from {divisors}, "
-            f"e.g. `model.patch_size=7`."
-        )
-    if hidden_dim % heads:
-        options = [h for h in range(1, min(hidden_dim, 32) + 1) if hidden_dim % h == 0]
-        raise UserError(
-            f"model.hidden_dim={hidden_dim} is not divisible by model.heads={heads}: each attention "
-            f"head gets hidden_dim / heads channels. Pick heads from {options} for this hidden size, "
-            f"or a hidden size that is a multiple of {heads} (e.g. model.hidden_dim={heads * max(1, round(hidden_dim / heads))})."
-        )
-    if pool not in POOLS:
-        raise UserError(f"model.pool={pool!r} is not one of {list(POOLS)}.")
-    if stem not in STEMS:
-        raise UserError(f"model.stem={stem!r} is not one of {list(STEMS)}.")
-    if stem == "conv2" and (patch_size % 2 or image_size % 2):
-        raise UserError(
-            f"model.stem=conv2 halves the image before cutting patches of half the size, so model.patch_size "
-            f"(here {patch_size}) and model.image_size (here {image_size}) must both be even: choose an even patch "
-            "size that divides the image (e.g. model.patch_size=4 for 28x28) or model.stem=conv."
-        )
-    for key, value in (("dropout", dropout), ("drop_path", drop_path)):
-        if not 0.0 <= float(value) < 1.0:
-            raise UserError(f"model.{key}={value!r} must be in [0, 1).")
-    if pos_init not in POS_INITS:
-        raise UserError(f"model.pos_init={pos_init!r} is not one of {list(POS_INITS)}.")
-    if input_norm not in INPUT_NORMS:
-        raise UserError(f"model.input_norm={input_norm!r} is not one of {list(INPUT_NORMS)}: `tophat` removes each "
-                        "image's smooth background and stretches its contrast before the patch embedding; `none` "
-                        "feeds the image as it is.")
-    if pos_init == "sincos" and hidden_dim % 4:
-        raise UserError(
-            f"model.pos_init=sincos splits model.hidden_dim={hidden_dim} into sine and cosine codes of rows and "
-            "columns, so it must be divisible by 4: choose such a hidden size or model.pos_init=random."
-        )
+def is_positive_int(value: object) -> bool:
+    """An int of at least 1; a bool is an int to Python but no count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def is_fraction(value: object) -> bool:
+    """A number in [0, 1): a dropout probability."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Every hyperparameter of the ViT, named as the `model.*` keys of `model=vit`; checked when made.
+
+    Frozen, so a config that passed `validate` stays valid: change one with `dataclasses.replace`.
+    """
+
+    image_size: int = 28
+    in_channels: int = 1
+    num_classes: int = 10
+    patch_size: int = 7
+    hidden_dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_dim: int = 512
+    dropout: float = 0.0
+    pool: str = "cls"
+    drop_path: float = 0.0
+    stem: str = "patch"
+    pos_init: str = "sincos"
+    input_norm: str = "none"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """`ValueError` naming the `model.*` keys and how to fix them when this ViT cannot be built."""
+        problems = [f"model.{key}={value!r} must be a positive integer"
+                    for key in ("patch_size", "hidden_dim", "heads", "depth", "mlp_dim", "image_size", "in_channels",
+                                "num_classes")
+                    if not is_positive_int(value := getattr(self, key))]
+        if problems:
+            # all at once: the later checks divide by these
+            raise ValueError("Invalid model configuration: " + "; ".join(problems) + ".")
+        image_size, patch_size, hidden_dim, heads = self.image_size, self.patch_size, self.hidden_dim, self.heads
+        if image_size % patch_size:
+            divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+            raise ValueError(
+                f"model.patch_size={patch_size} does not divide model.image_size={image_size}: "
+                f"the image must split into whole patches. Choose a patch size from {divisors}, "
+                f"e.g. `model.patch_size=7`."
+            )
+        if hidden_dim % heads:
+            options = [h for h in range(1, min(hidden_dim, 32) + 1) if hidden_dim % h == 0]
+            raise ValueError(
+                f"model.hidden_dim={hidden_dim} is not divisible by model.heads={heads}: each attention "
+                f"head gets hidden_dim / heads channels. Pick heads from {options} for this hidden size, "
+                f"or a hidden size that is a multiple of {heads} "
+                f"(e.g. model.hidden_dim={heads * max(1, round(hidden_dim / heads))})."
+            )
+        if self.pool not in POOLS:
+            raise ValueError(f"model.pool={self.pool!r} is not one of {list(POOLS)}.")
+        if self.stem not in STEMS:
+            raise ValueError(f"model.stem={self.stem!r} is not one of {list(STEMS)}.")
+        if self.stem == "conv2" and (patch_size % 2 or image_size % 2):
+            raise ValueError(
+                f"model.stem=conv2 halves the image before cutting patches of half the size, so model.patch_size "
+                f"(here {patch_size}) and model.image_size (here {image_size}) must both be even: choose an even "
+                "patch size that divides the image (e.g. model.patch_size=4 for 28x28) or model.stem=conv."
+            )
+        for key in ("dropout", "drop_path"):
+            if not is_fraction(value := getattr(self, key)):
+                raise ValueError(f"model.{key}={value!r} must be in [0, 1).")
+        if self.pos_init not in POS_INITS:
+            raise ValueError(f"model.pos_init={self.pos_init!r} is not one of {list(POS_INITS)}.")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"model.input_norm={self.input_norm!r} is not one of {list(INPUT_NORMS)}: `tophat` "
+                             "removes each image's smooth background and stretches its contrast before the patch "
+                             "embedding; `none` feeds the image as it is.")
+        if self.pos_init == "sincos" and hidden_dim % 4:
+            raise ValueError(
+                f"model.pos_init=sincos splits model.hidden_dim={hidden_dim} into sine and cosine codes of rows and "
+                "columns, so it must be divisible by 4: choose such a hidden size or model.pos_init=random."
+            )
 
 
 class BackgroundNorm(nn.Module):
@@ -244,38 +267,27 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 class VisionTransformer(nn.Module):
     """ViT classifier: patch embedding, CLS token, learned positions, pre-norm blocks, LayerNorm, linear head."""
 
-    def __init__(
-        self,
-        image_size: int = 28,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        patch_size: int = 7,
-        hidden_dim: int = 128,
-        depth: int = 4,
-        heads: int = 4,
-        mlp_dim: int = 512,
-        dropout: float = 0.0,
-        pool: str = "cls",
-        drop_path: float = 0.0,
-        stem: str = "patch",
-        pos_init: str = "sincos",
-        input_norm: str = "none",
-    ):
+    def __init__(self, config: ViTConfig):
         super().__init__()
-        check_vit_shape(image_size, patch_size, hidden_dim, heads, pool, stem, depth, mlp_dim, dropout, drop_path,
-                        pos_init, input_norm)
-        self.pool, self.pos_init = pool, pos_init
+        self.config = config
+        self.pool, self.pos_init = config.pool, config.pos_init
+        dim = config.hidden_dim
         # no weights: checkpoints of either setting have the same keys
-        self.input_norm = BackgroundNorm() if input_norm == "tophat" else nn.Identity()
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim, stem)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, hidden_dim))
-        self.pos_drop = nn.Dropout(dropout)
-        rates = torch.linspace(0, drop_path, depth).tolist()  # deeper blocks dropped more often
-        self.blocks = nn.ModuleList(Block(hidden_dim, heads, mlp_dim, dropout, r) for r in rates)
-        self.norm = nn.LayerNorm(hidden_dim)
-        self.head = nn.Linear(hidden_dim, num_classes)
+        self.input_norm = BackgroundNorm() if config.input_norm == "tophat" else nn.Identity()
+        self.patch_embed = PatchEmbed(config.image_size, config.patch_size, config.in_channels, dim, config.stem)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, dim))
+        self.pos_drop = nn.Dropout(config.dropout)
+        rates = torch.linspace(0, config.drop_path, config.depth).tolist()  # deeper blocks dropped more often
+        self.blocks = nn.ModuleList(Block(dim, config.heads, config.mlp_dim, config.dropout, r) for r in rates)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, config.num_classes)
         self._init_weights()
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to train without weight decay besides norms and biases (as timm's ViT):
+        decaying the positions and the CLS token pulls them towards zero, which carries no meaning for them."""
+        return {"pos_embed", "cls_token"}
 
     def _init_weights(self) -> None:
         # Xavier-uniform linears and patch projection (as in MAE and the JAX ViT): on MNIST-sized data it
@@ -300,7 +312,10 @@ class VisionTransformer(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor, return_attention: bool = False):
+    def forward_features(self, x: torch.Tensor,
+                         return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The normed tokens (B, 1 + N, D), CLS first, and each block's (B, heads, N+1, N+1) attention weights
+        (None for each block unless `return_attention`: the fast path does not form them)."""
         x = self.patch_embed(self.input_norm(x))
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(x + self.pos_embed)
@@ -308,14 +323,18 @@ class VisionTransformer(nn.Module):
         for block in self.blocks:
             x, weights = block(x, return_attention)
             attentions.append(weights)
-        x = self.norm(x)
-        pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)
-        return pooled, attentions
+        return self.norm(x), attentions
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits (B, num_classes) from `forward_features`' tokens; the pooled (B, D) features with `pre_logits`."""
+        pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor,
+                return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Logits of shape (B, num_classes); with `return_attention`, also each block's (B, heads, N, N) weights."""
-        pooled, attentions = self.forward_features(x, return_attention)
-        logits = self.head(pooled)
+        tokens, attentions = self.forward_features(x, return_attention)
+        logits = self.forward_head(tokens)
         return (logits, attentions) if return_attention else logits
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,31 +26,11 @@ from vit_mnist.reports.figures import (
     save_figure,
 )
 from vit_mnist.models.registry import MAP_TITLES
+from vit_mnist.reports.files import write_atomic, write_json
 from vit_mnist.reports.samples import CALIBRATION_BINS
-
-_UMASK = os.umask(0o022)  # read the process umask (the only way is to set it) ...
-os.umask(_UMASK)  # ... and put it back
 
 REPORT_FILES = ("classification_report.md", "classification_report.json", "confusion_matrix.png",
                 "confusion_matrix.csv", "misclassified.png", "calibration.png", "attention.png")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to `path` through a temporary file, so a crash never leaves it half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def build_report(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str],

@@ -14,17 +14,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig
-from torch.utils.data import Dataset, DistributedSampler
 
 from vit_mnist.errors import UserError
+from vit_mnist.runtime.runner import SWEEP_JOB_ENV
 
 log = logging.getLogger(__name__)
 
-# Set for the rank processes of one job of a multirun (they run it as a single run): a failure there is the
-# sweep's to record, by rank 0, and must not end the sweep.
-SWEEP_JOB_ENV = "VIT_MNIST_SWEEP_JOB"
 # What Lightning's process launcher sets in this process's environment when it starts ranks > 0.
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS", SWEEP_JOB_ENV)
 # Hydra's flags that choose the config (its search path and primary config): every rank must compose the same one.
@@ -52,15 +48,6 @@ def relaunch_argv(argv: list[str], task_overrides: list[str], hydra_overrides: l
     return [argv[0], *config_flags(argv[1:]), *searchpath, *task_overrides, "hydra.mode=RUN"]
 
 
-def is_sweep_job() -> bool:
-    """Whether this process runs a job of a multirun: rank 0 under Hydra's MULTIRUN mode, or one of its ranks > 0."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if os.environ.get(SWEEP_JOB_ENV) == "1":
-        return True
-    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
-
-
 @contextmanager
 def hydra_ddp_job() -> Iterator[None]:
     """Around one Hydra job: DDP processes that Lightning starts re-run this job, in this job's folder.
@@ -80,8 +67,8 @@ def hydra_ddp_job() -> Iterator[None]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import read_write
 
-    if "LOCAL_RANK" in os.environ or not HydraConfig.initialized():
-        yield  # started by a launcher (torchrun, SLURM, Lightning itself): nothing to relaunch
+    if "LOCAL_RANK" in os.environ or not HydraConfig.initialized() or HydraConfig.get().mode is None:
+        yield  # started by a launcher (torchrun, SLURM, Lightning itself), or not by Hydra's main: nothing to relaunch
         return
     hydra_cfg = HydraConfig.get()
     saved_argv, saved_threads = list(sys.argv), torch.get_num_threads()
@@ -185,19 +172,3 @@ class RankSeed(Callback):
         # runs on every rank once the process group is up, before the first batch
         if stage == "fit" and trainer.world_size > 1:
             torch.manual_seed(rank_seed(self.seed, trainer.global_rank))  # CPU and every CUDA device
-
-
-def eval_sampler(dataset: Dataset, trainer: object | None) -> DistributedSampler | None:
-    """The sampler of a validation/test loader: with several processes, shards that hold every item exactly once.
-
-    torch's DistributedSampler, which Lightning adds to evaluation loaders too, repeats items until every rank
-    has as many (2 ranks, 5001 images: one image counted twice). Lightning keeps a loader's own
-    DistributedSampler, and its UnrepeatedDistributedSampler (what it uses for predict) never repeats; torchmetrics
-    then sums exact counts across ranks. Ranks may run one batch fewer than others, which is safe because the
-    model has no buffers for DDP to sync and evaluation steps log only torchmetrics objects at epoch end.
-    """
-    world_size = int(getattr(trainer, "world_size", 1) or 1)
-    if world_size <= 1:
-        return None
-    return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=int(getattr(trainer, "global_rank", 0)),
-                                        shuffle=False)

@@ -23,7 +23,7 @@ from vit_mnist.errors import UserError
 from vit_mnist.models.registry import MAP_TITLES, build_network, model_arch, relevance_maps
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.reports.samples import CALIBRATION_BINS, ReportSamples
-from vit_mnist.training.tta import tta_logits
+from vit_mnist.models.tta import tta_logits
 
 
 def _plain(cfg: Any) -> Any:
@@ -55,12 +55,16 @@ class ViTClassifier(LightningModule):
     ):
         super().__init__()
         model, optimizer, scheduler = _plain(model), _plain(optimizer), _plain(scheduler)
-        model = {**model, "arch": model_arch(model)}  # say it even where the config did not (older checkpoints)
+        try:
+            model = {**model, "arch": model_arch(model)}  # say it even where the config did not (older checkpoints)
+            net = build_network(model)
+        except ValueError as e:  # the model package names the bad model.* key
+            raise UserError(str(e)) from e
         self.save_hyperparameters(
             {"model": model, "optimizer": optimizer, "scheduler": scheduler, "label_smoothing": label_smoothing,
              "class_names": class_names, "normalize": normalize, "dataset": dataset, "tta": tta}
         )
-        self.net = build_network(model)
+        self.net = net
         num_classes = int(model.get("num_classes", 10))
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
 
@@ -179,11 +183,11 @@ class ViTClassifier(LightningModule):
         cfg = dict(self.hparams.optimizer or {"_target_": "torch.optim.Adam", "lr": 3e-4})
         weight_decay = float(cfg.get("weight_decay", 0.0) or 0.0)
         decay, no_decay = [], []
+        skip = self.net.no_weight_decay()  # what the network lists (the ViT: position embedding, CLS token)
         for name, p in self.net.named_parameters():
             if p.requires_grad:
-                # Norms, biases, position embedding and CLS token are not weight-decayed (standard for ViTs and
-                # for batch-normed CNNs).
-                (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
+                # Norms and biases are not weight-decayed either (standard for ViTs and for batch-normed CNNs).
+                (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         try:
             optimizer = hydra.utils.instantiate(cfg, params=groups, _convert_="all")
@@ -193,7 +197,7 @@ class ViTClassifier(LightningModule):
         if sched.get("name", "none") == "none":
             return optimizer
         if sched["name"] != "warmup_cosine":
-            raise UserError(f"Unknown scheduler.name={sched['name']!r}: use `scheduler=none` or `scheduler=warmup_cosine`.")
+            raise ValueError(f"scheduler.name={sched['name']!r} passed the checks (vit_mnist.training.checks) but is unknown")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(total * float(sched.get("warmup_fraction", 0.05))))
         min_ratio = float(sched.get("min_lr_ratio", 0.0))
@@ -201,7 +205,3 @@ class ViTClassifier(LightningModule):
             optimizer, lambda step: warmup_cosine(step, total, warmup, min_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-# A clearer name for new code; `ViTClassifier` stays, since checkpoints and existing imports use it.
-Classifier = ViTClassifier

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import ListConfig
 from torch import nn
 
-from vit_mnist.checkpoints import read_checkpoint
+from vit_mnist.training.checkpoints import read_checkpoint
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import NAMES, model_arch
 
@@ -33,7 +33,10 @@ def read_source(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 def check_compatible(source_model: dict[str, Any], target_model: dict[str, Any], path: str | Path) -> None:
     """`UserError` when the checkpoint holds another architecture, or its transformer blocks (conv blocks, for
     the CNN) differ in shape: those weights cannot be carried over."""
-    source_arch, target_arch = model_arch(source_model), model_arch(dict(target_model))  # no arch: a ViT
+    try:
+        source_arch, target_arch = model_arch(source_model), model_arch(dict(target_model))  # no arch: a ViT
+    except ValueError as e:
+        raise UserError(f"model.init_from={path}: {e}") from e
     if source_arch != target_arch:
         raise UserError(
             f"model.init_from={path} holds {NAMES[source_arch]} (model={source_arch}), but this run trains "

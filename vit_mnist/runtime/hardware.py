@@ -1,4 +1,4 @@
-"""What the CPU is and can do: its model name and the instruction sets that decide fp32 and bf16 speed."""
+"""What the machine is and can do: the CPU model and instruction sets that decide fp32 and bf16 speed, the devices."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import functools
 import logging
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vit_mnist.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +107,22 @@ def fastest_precision(accelerator: str, flags: frozenset[str] | set[str] | None 
     if accelerator in ("cpu", "auto"):
         return "bf16-mixed" if native_bf16(flags) else "32-true"
     return "32-true"  # mps and others: fp32, as Lightning's default
+
+
+def resolve_device(name: str) -> "torch.device":
+    """The device a `device=` setting means (auto: cuda when there is one, else cpu); `UserError` when this machine
+    has none."""
+    import torch
+
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"device={name!r} is not a device name: use auto, cpu, cuda, cuda:<index> or mps.") from e
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise UserError(f"device={name!r} is not available on this machine: use device=auto (picks cuda when "
+                        "there is one, else cpu) or device=cpu.")
+    return device

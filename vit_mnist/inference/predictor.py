@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vit_mnist.checkpoints import check_checkpoint_path  # noqa: F401 (used by export)
-from vit_mnist.checkpoints import load_module as load_checkpoint
 from vit_mnist.data.preprocess import ImageSource, preprocess
 from vit_mnist.data.sources import is_handwritten
 from vit_mnist.errors import UserError
+from vit_mnist.training.checkpoints import load_module
 from vit_mnist.training.module import ViTClassifier
+
 
 class Predictor:
     """A checkpoint's network (ViT or CNN) with its class names and normalisation: images in, probabilities out."""
@@ -28,17 +28,17 @@ class Predictor:
             )
         self.mean, self.std = float(normalize["mean"]), float(normalize["std"])
         self.dataset = str(module.hparams.get("dataset", ""))
-        self.reads_digits = is_handwritten(self.dataset)  # users' images get MNIST's layout
+        self.handwritten = is_handwritten(self.dataset)  # users' images get MNIST's layout
         self.arch = module.arch  # "vit" or "cnn": which network the checkpoint holds
         self.source = str(source)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None) -> Predictor:
-        return cls(load_checkpoint(path), source=str(path))
+        return cls(load_module(path), source=str(path))
 
     def prepare(self, image: ImageSource, layout: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """An image -> (normalised float32 (1, 28, 28), the uint8 (28, 28) the model sees)."""
-        return preprocess(image, self.mean, self.std, layout, self.reads_digits)
+        return preprocess(image, self.mean, self.std, layout, self.handwritten)
 
     @torch.inference_mode()
     def probabilities(self, batch: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from vit_mnist.reports.sweep import SUMMARY_STEM, write_sweep_report
+
 log = logging.getLogger(__name__)
 
 
@@ -22,8 +24,6 @@ def _is_rank_zero() -> bool:
 
 
 def _summarise(sweep_dir: Path) -> None:
-    from vit_mnist.sweep_report import SUMMARY_STEM, write_sweep_report
-
     try:
         rows = write_sweep_report(sweep_dir)
     except Exception:  # the jobs' results are on disk: a failed summary must not turn the sweep into an error

@@ -1,4 +1,4 @@
-"""Reading training checkpoints safely, with one clear error for each way a checkpoint path can be wrong."""
+"""Reading training checkpoints safely: one clear error for each way a checkpoint path or file can be wrong."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
+from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
+from vit_mnist.training.module import ViTClassifier
 
 EXAMPLE = "outputs/<date>/<time>/checkpoints/best.ckpt"
 
@@ -53,18 +55,50 @@ def read_checkpoint(path: str | Path | None, key: str = "ckpt_path", hint: str =
     return ckpt
 
 
-def load_module(path: str | Path | None, key: str = "ckpt_path"):
-    """The `ViTClassifier` saved in a training checkpoint, on the CPU in eval mode."""
-    from vit_mnist.training.module import ViTClassifier  # here: importing the module pulls in Lightning
+def check_matches_data(ckpt: dict[str, Any], data_name: str, path: str | Path) -> None:
+    """`UserError` unless the checkpoint was trained on dataset `data_name` (same classes and image size)."""
+    spec = get_spec(data_name)
+    hparams = ckpt["hyper_parameters"]
+    trained_on = hparams.get("dataset")
+    if trained_on and trained_on != spec.name:
+        raise UserError(
+            f"ckpt_path={path} was trained on {trained_on}, but data={spec.name} was chosen: a model can only be "
+            f"evaluated on the dataset it learned, whose classes its outputs stand for. Leave out `data=` to "
+            f"evaluate on the checkpoint's own dataset (data={trained_on})."
+        )
+    model = hparams["model"]
+    shape = (model.get("num_classes"), model.get("image_size"), model.get("in_channels", 1))
+    names = hparams.get("class_names")
+    if shape != (len(spec.classes), spec.image_size, 1) or (names and list(names) != list(spec.classes)):
+        raise UserError(
+            f"ckpt_path={path} holds a model for {shape[0]} classes {names or ''} of {shape[1]}x{shape[1]} images "
+            f"with {shape[2]} channel(s), but data={spec.name} has the {len(spec.classes)} classes "
+            f"{list(spec.classes)} of {spec.image_size}x{spec.image_size} images with 1 channel. Evaluate the "
+            f"checkpoint on the dataset it was trained on."
+        )
 
-    ckpt = read_checkpoint(path, key)
+
+def trained_dataset(ckpt: dict[str, Any]) -> str:
+    """The dataset a checkpoint was trained on (checkpoints from before it was recorded: MNIST)."""
+    recorded = ckpt.get("datamodule_hyper_parameters") or {}
+    return str(ckpt["hyper_parameters"].get("dataset") or recorded.get("name") or "mnist")
+
+
+def module_from_checkpoint(ckpt: dict[str, Any], path: str | Path, key: str = "ckpt_path") -> ViTClassifier:
+    """The `ViTClassifier` whose hyperparameters and weights `ckpt` (read by `read_checkpoint`) holds, on the CPU in eval
+    mode; a `UserError` when they do not fit together."""
     try:
         module = ViTClassifier(**ckpt["hyper_parameters"])
         module.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, TypeError, KeyError, UserError) as e:
+    except (RuntimeError, TypeError, KeyError, ValueError, UserError) as e:
         raise UserError(
             f"The weights in {key}={path} do not fit the model its hyperparameters describe "
             f"({str(e).splitlines()[0]}). The file was edited or comes from another version of vit-mnist; "
             "retrain or give another checkpoint."
         ) from e
     return module.eval()
+
+
+def load_module(path: str | Path | None, key: str = "ckpt_path") -> ViTClassifier:
+    """The `ViTClassifier` saved in a training checkpoint, on the CPU in eval mode."""
+    return module_from_checkpoint(read_checkpoint(path, key), path, key)

@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers (never tests): training and inference throughput (throughput.py)."""

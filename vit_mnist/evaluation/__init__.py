@@ -1,0 +1,2 @@
+"""Evaluating trained checkpoints: the test-split reports (evaluate.py) and the robustness benchmark (robustness.py),
+each on the data the checkpoint itself records (checkpoint_data.py)."""

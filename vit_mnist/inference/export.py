@@ -1,0 +1,211 @@
+"""Export a checkpoint to ONNX (or TorchScript), checked against PyTorch before the file is kept."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vit_mnist.errors import UserError
+from vit_mnist.inference.predictor import Predictor
+from vit_mnist.training.checkpoints import check_checkpoint_path
+from vit_mnist.version import __version__
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+DEFAULT_OPSET = 18  # what torch's exporter writes natively; onnxruntime >= 1.14 runs all of it on CPU
+MIN_OPSET = 11  # the oldest checked to convert and match PyTorch (11, 13, 14, 17 and 18 were, with torch 2.13)
+INPUT_NAME, OUTPUT_NAMES = "image", ("logits", "probabilities")
+DESCRIPTIONS = {"vit": "Vision Transformer", "cnn": "Small CNN"}  # by the checkpoint's model.arch
+
+
+class ExportWrapper(nn.Module):
+    """The network with a softmax: outputs both logits and probabilities, so users need no extra code."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(image)
+        return logits, logits.softmax(dim=-1)
+
+
+def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
+    """What a user of the exported file needs to feed it: classes, input layout and normalisation."""
+    return {
+        "class_names": json.dumps(predictor.class_names),
+        "normalize_mean": repr(predictor.mean),
+        "normalize_std": repr(predictor.std),
+        "dataset": predictor.dataset,
+        "model": predictor.arch,  # vit or cnn
+        "input": (f"{INPUT_NAME}: float32 [batch, 1, 28, 28]; a 28x28 grayscale digit in the MNIST layout (white on "
+                  "black, fit in 20x20, centred by centre of mass), scaled to [0, 1], then (x - normalize_mean) / "
+                  "normalize_std. vit_mnist.data.preprocess.preprocess does all of this."),
+        "outputs": "logits: float32 [batch, classes]; probabilities: softmax of the logits",
+        "source_checkpoint": ckpt_path.name,
+        "vit_mnist_version": __version__,
+    }
+
+
+def check_inputs(batch: int, seed: int = 0, mean: float = 0.1307, std: float = 0.3081) -> torch.Tensor:
+    """Normalised random images in the model's input range, for the export example and the parity check."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (batch, 1, 28, 28), generator=g).float() / 255.0
+    pixels *= torch.rand(batch, 1, 28, 28, generator=g) < 0.2  # mostly black, as digits are
+    return (pixels - mean) / std
+
+
+@contextlib.contextmanager
+def quiet() -> Any:
+    """Silence the exporters' progress prints and deprecation chatter; errors still raise."""
+    # e.g. "torchvision is not installed. Skipping ...", version-converter notes; failures still raise.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(wrapper: ExportWrapper, path: Path, meta: dict[str, str], opset: int) -> None:
+    """Write an ONNX model with a dynamic batch axis and `meta` as metadata_props."""
+    import onnx
+
+    with quiet():
+        program = torch.onnx.export(
+            wrapper, (check_inputs(2),), dynamo=True, opset_version=opset, verbose=False,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
+        program.save(str(path))
+    model = onnx.load(str(path))
+    model.doc_string = f"{DESCRIPTIONS.get(meta.get('model', 'vit'), 'Image')} classifier exported by vit-mnist"
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def onnx_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
+    """Logits from onnxruntime on CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAMES[0]], {INPUT_NAME: x.numpy()})[0]
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata an exported ONNX file records (class names, normalisation, input layout, ...)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def export_torchscript(wrapper: ExportWrapper, path: Path, meta: dict[str, str]) -> None:
+    """Write a traced TorchScript module with the metadata as an extra file `metadata.json`."""
+    with quiet():
+        traced = torch.jit.trace(wrapper, (check_inputs(2),))
+        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+
+
+def torchscript_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
+    with quiet(), torch.inference_mode():
+        return torch.jit.load(str(path), map_location="cpu")(x)[0].numpy()
+
+
+def check_opset(opset: int) -> None:
+    """A `UserError` for opsets that this onnx package cannot write or the exporter cannot target."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UserError(f"opset={opset} is outside {MIN_OPSET}-{newest} (the installed onnx {onnx.__version__} "
+                        f"writes up to {newest}); use the default opset={DEFAULT_OPSET}, which onnxruntime runs "
+                        "on CPU.")
+
+
+def export(ckpt_path: str | Path | None, fmt: str = "onnx", output: str | Path | None = None,
+           opset: int = DEFAULT_OPSET, check_batch: int = 64, atol: float = 1e-4) -> dict[str, Any]:
+    """Export a checkpoint; the file is kept only if its logits match PyTorch's within `atol`. Returns a summary."""
+    if fmt not in FORMATS:
+        raise UserError(f"format={fmt!r} is not one of {list(FORMATS)}: use format=onnx or format=torchscript.")
+    if check_batch < 1:
+        raise UserError(f"check_batch={check_batch} must be at least 1: the export is always checked.")
+    if fmt == "onnx":
+        check_opset(opset)
+    ckpt = check_checkpoint_path(ckpt_path)
+    target = Path(output).expanduser() if output else ckpt.parent / FORMATS[fmt]
+    if target.is_dir():
+        raise UserError(f"output={output} is a folder: give a file path, e.g. output={target / FORMATS[fmt]}.")
+    if not target.parent.is_dir():
+        raise UserError(f"The folder of output={target} does not exist: create it or choose another output path.")
+    predictor = Predictor.from_checkpoint(ckpt)
+    wrapper = ExportWrapper(predictor.net).eval()
+    meta = metadata(predictor, ckpt)
+    started = time.perf_counter()
+    # Write next to the target and move into place only after the check: never a wrong or half-written file.
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        if fmt == "onnx":
+            try:
+                export_onnx(wrapper, tmp, meta, opset)
+                onnx_outputs(tmp, check_inputs(1))
+            except Exception as e:
+                if opset == DEFAULT_OPSET:
+                    raise  # a bug, not a setting: show the whole story
+                raise UserError(f"Export at opset={opset} failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                f"use the default opset={DEFAULT_OPSET}.") from e
+            run_exported = onnx_outputs
+        else:
+            export_torchscript(wrapper, tmp, meta)
+            run_exported = torchscript_outputs
+        # Another batch size than the export's example, so the check also covers the dynamic batch axis.
+        x = check_inputs(check_batch, 1, predictor.mean, predictor.std)
+        with torch.inference_mode():
+            expected = wrapper(x)[0].numpy()
+        max_diff = float(np.abs(run_exported(tmp, x) - expected).max())
+        if not max_diff <= atol:
+            raise RuntimeError(
+                f"The exported {fmt} model differs from PyTorch by {max_diff:.2e} (more than atol={atol}) on "
+                f"{check_batch} check images; nothing was written. Please report this with your checkpoint's config."
+            )
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes the file private; the export is an ordinary file
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"output": str(target), "format": fmt, "opset": opset if fmt == "onnx" else None,
+            "size_mb": round(target.stat().st_size / 1e6, 2), "max_abs_diff": max_diff,
+            "check_batch": check_batch, "seconds": round(time.perf_counter() - started, 1), "metadata": meta}
+
+
+def export_from_config(cfg: Any) -> dict[str, Any]:
+    """`export` with the settings of conf/export.yaml; prints what was written."""
+    summary = export(cfg.ckpt_path, str(cfg.format), cfg.output, int(cfg.opset), int(cfg.check_batch),
+                     float(cfg.atol))
+    opset = f", opset {summary['opset']}" if summary["opset"] else ""
+    print(f"wrote {summary['output']} ({summary['format']}{opset}, {summary['size_mb']} MB, "
+          f"{summary['seconds']} s); max |logit difference| to PyTorch on {summary['check_batch']} images: "
+          f"{summary['max_abs_diff']:.2e}")
+    return summary

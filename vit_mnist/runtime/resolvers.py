@@ -1,0 +1,36 @@
+"""The OmegaConf resolvers the YAML configs use (`${vit_mnist.root:}` ...), registered once on import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vit_mnist.data.sources import is_handwritten
+from vit_mnist.runtime.hardware import fastest_precision
+from vit_mnist.runtime.paths import project_root
+
+
+def _abspath(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def input_norm_for(dataset: str) -> str:
+    """The default model.input_norm for a dataset: tophat for handwritten digits, none otherwise.
+
+    A user's digit may come on grey or unevenly lit paper, which the weight-free background normalisation takes
+    away; garments fill their image, and it would take them away.
+    """
+    return "tophat" if is_handwritten(dataset) else "none"
+
+
+RESOLVERS = {"vit_mnist.root": project_root, "vit_mnist.abspath": _abspath,
+             "vit_mnist.input_norm_for": input_norm_for, "vit_mnist.fastest_precision": fastest_precision}
+
+
+def register_resolvers() -> None:
+    """Register every resolver that is not registered yet (idempotent)."""
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+

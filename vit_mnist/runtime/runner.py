@@ -1,0 +1,123 @@
+"""The one job runner of every entry point: one failure policy, and the value a sweeper optimises.
+
+Every entry's Hydra main is `return run_job(cfg, <job>, <objective>)`. A job runs its checks first, once, then
+its work, and returns its metrics. What happens when it fails depends only on the failure and on whether the
+job is part of a multirun, never on the entry:
+
+| failure | single run | job of a multirun |
+|---|---|---|
+| a user's mistake (`UserError`, also when wrapped by Hydra's instantiate) | one paragraph on stderr, exit 2; the run folder is removed unless it holds a checkpoint | logged; the job's metrics.json says `status: failed` and why; the sweep goes on |
+| anything else (a bug) | the traceback, exit 1; the run folder is kept with its log | the same, with the traceback in the job's log |
+
+A failed job of a multirun returns FAILED_OBJECTIVE to the sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from vit_mnist.errors import UserError, find_user_error, report
+from vit_mnist.runtime.console import quiet_known_noise
+from vit_mnist.reports.files import write_json
+
+log = logging.getLogger(__name__)
+
+# What a sweeper sees for a failed job. Not NaN: the Optuna sweeper (hydra-optuna-sweeper 1.3 with Optuna 2.10)
+# ends the whole study when a trial returns NaN, while None marks just that trial failed
+# (tests/test_sweep.py::test_optuna_study_goes_on_after_a_failed_trial).
+FAILED_OBJECTIVE = None
+# Set for the rank processes of one job of a multirun (they run it as a single run): a failure there is the
+# sweep's to record, by rank 0, and must not end the sweep.
+SWEEP_JOB_ENV = "VIT_MNIST_SWEEP_JOB"
+# What a run folder may hold and still be removed after a user's mistake: what Hydra and the loggers make at start.
+KEEP_IF_PRESENT = ("checkpoints",)
+
+Job = Callable[[DictConfig], dict[str, Any]]
+
+
+def is_sweep_job() -> bool:
+    """Whether this process runs a job of a multirun: rank 0 under Hydra's MULTIRUN mode, or one of its ranks > 0."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if os.environ.get(SWEEP_JOB_ENV) == "1":
+        return True
+    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+
+
+def run_job(cfg: DictConfig, job: Job, objective: str | Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    """Run `job(cfg)` under the failure policy above; return its objective (a metrics key, or a function of the
+    metrics) for sweepers, FAILED_OBJECTIVE when the job failed or the objective is not a finite number."""
+    quiet_known_noise()
+    out_dir = run_folder(cfg)
+    sweep = is_sweep_job()
+    rank = f"rank {rank_zero_only.rank}: " if rank_zero_only.rank else ""  # ranks > 0 log into the same file
+    try:
+        try:
+            metrics = job(cfg)
+        except Exception as e:
+            raise find_user_error(e) or e  # a user's mistake found inside a `_target_` is still one
+    except UserError as e:
+        if sweep:
+            log.error("%sjob failed: %s", rank, e)
+            record_failure(out_dir, e)
+            return FAILED_OBJECTIVE
+        discard_run_folder(out_dir, cfg)
+        report(e)
+    except Exception as e:
+        if not sweep:
+            raise
+        log.exception("%sjob failed", rank)
+        record_failure(out_dir, e)
+        return FAILED_OBJECTIVE
+    return objective_value(metrics, objective)
+
+
+def objective_value(metrics: dict[str, Any] | None, objective: str | Callable[[dict[str, Any]], Any] | None) -> Any:
+    """`metrics[objective]` (or `objective(metrics)`) when it is a finite number, else FAILED_OBJECTIVE."""
+    if objective is None or metrics is None:
+        return FAILED_OBJECTIVE if objective is not None else None
+    value = objective(metrics) if callable(objective) else metrics.get(objective)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return FAILED_OBJECTIVE
+
+
+def run_folder(cfg: DictConfig) -> Path | None:
+    """The job's own folder (`paths.output_dir`), or None for entries that write no run folder (predict, serve)."""
+    paths = cfg.get("paths")
+    output_dir = paths.get("output_dir") if paths is not None else None
+    return Path(output_dir) if output_dir else None
+
+
+@rank_zero_only
+def record_failure(out_dir: Path | None, error: BaseException) -> None:
+    """In a multirun, leave the job's reason for failing where the sweep summary finds it."""
+    if out_dir is not None:
+        write_json(out_dir / "metrics.json", {"status": "failed", "error": " ".join(str(error).split())})
+
+
+@rank_zero_only
+def discard_run_folder(out_dir: Path | None, cfg: DictConfig) -> None:
+    """After a user's mistake in a single run: remove the run folder, unless it holds work worth keeping (a
+    checkpoint to resume from), and the date folder above it once empty, never `paths.log_dir` or above."""
+    if out_dir is None or not out_dir.is_dir() or any((out_dir / name).exists() for name in KEEP_IF_PRESENT):
+        return
+    if out_dir.resolve() == Path.cwd().resolve():
+        return  # entries that run in the working directory (hydra.run.dir=.) never remove it
+    shutil.rmtree(out_dir, ignore_errors=True)
+    log_dir = Path(cfg.paths.log_dir).resolve() if cfg.paths.get("log_dir") else None
+    for parent in out_dir.resolve().parents:
+        if log_dir is None or (parent != log_dir and log_dir not in parent.parents):
+            break
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break

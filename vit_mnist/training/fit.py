@@ -1,0 +1,169 @@
+"""The training job: fit, test the best checkpoint, write the run's metrics and reports; returns the metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from vit_mnist.errors import UserError
+from vit_mnist.reports.classification import summary_metrics, tensorboard_writers, write_test_reports
+from vit_mnist.reports.files import write_json
+from vit_mnist.robustness_suite.after_training import measure_after_training
+from vit_mnist.runtime.build import build_trainer, instantiate_group
+from vit_mnist.runtime.paths import CONFIG_DIR
+from vit_mnist.training.callbacks import TrainThroughput
+from vit_mnist.training.checks import check_before_run
+from vit_mnist.training.distributed import RankSeed, hydra_ddp_job
+from vit_mnist.training.module import ViTClassifier
+from vit_mnist.training.transfer import init_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+# metrics.json keys that the TensorBoard HParams tab and the printed summary show, when the run has them
+HPARAM_METRICS = ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen", "test/other_writers",
+                  "test/pen_photos")
+SUMMARY_KEYS = ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/mca", "test/mca_unseen",
+                "test/other_writers", "test/pen_photos", "num_parameters", "epochs", "train_images_per_s",
+                "wall_time_s", "best_checkpoint")
+
+
+def hparams_to_log(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
+    """The flat hyperparameters that the TensorBoard HParams tab compares runs by."""
+    params = {
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "max_epochs": cfg.trainer.max_epochs,
+        "batch_size": cfg.data.batch_size,
+        "label_smoothing": cfg.loss.label_smoothing,
+        "scheduler": cfg.scheduler.name,
+        "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
+        "num_parameters": num_parameters,
+    }
+    params.update({f"model/{k}": v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+                   if isinstance(v, (int, float, str, bool))})
+    params.update({f"optimizer/{k}": v for k, v in cfg.optimizer.items() if isinstance(v, (int, float))})
+    return params
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
+    """The datamodule and the LightningModule a config describes."""
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    module = ViTClassifier(
+        model=cfg.model,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.scheduler,
+        label_smoothing=cfg.loss.label_smoothing,
+        class_names=datamodule.class_names,
+        normalize={"mean": datamodule.mean, "std": datamodule.std},
+        dataset=cfg.data.name,
+        tta=bool(cfg.get("tta", False)),
+    )
+    if cfg.model.get("init_from"):
+        init_from_checkpoint(module.net, cfg.model.init_from, module.hparams.model)
+    if cfg.model.get("compile"):
+        compile_network(module.net, cfg.model.compile)
+    return datamodule, module
+
+
+def compile_network(net: torch.nn.Module, setting: bool | str) -> None:
+    """torch.compile `net` in place (its state_dict keys, so checkpoints, stay the same): `model.compile=true`
+    uses inductor; a backend name (e.g. `model.compile=aot_eager`) picks another."""
+    backend = "inductor" if setting is True else str(setting)
+    if backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise UserError(f"model.compile={setting!r} is not a torch.compile backend: use model.compile=true "
+                        f"(inductor), false, or one of {torch.compiler.list_backends()}.")
+    net.compile(backend=backend)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Check the config once, then fit, test with the best checkpoint, write `metrics.json` and reports; return
+    the metrics. Under DDP every rank runs it (vit_mnist.training.distributed)."""
+    check_before_run(cfg)
+    with hydra_ddp_job():
+        return _fit_and_test(cfg)
+
+
+def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
+    started = time.perf_counter()
+    seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module = build(cfg)
+    throughput = TrainThroughput()
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = [c for c in instantiate_group(cfg.get("callbacks")) + [throughput, RankSeed(seed)]
+                 if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
+    trainer = build_trainer(cfg.trainer, callbacks, loggers)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.interrupted:
+        raise SystemExit(130)  # Ctrl+C: Lightning already stopped cleanly
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_count else math.nan
+    metrics: dict[str, Any] = {"val/acc_best": val_best}
+    if cfg.get("test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
+    metrics.update(
+        {
+            "num_parameters": module.num_parameters,
+            "arch": module.arch,  # vit or cnn: which network the run trained
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "train_images_per_s": round(throughput.images_per_second, 1),
+            "train_time_s": round(throughput.train_time, 2),
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "best_checkpoint": best,
+            "device": str(trainer.strategy.root_device),
+        }
+    )
+    if trainer.is_global_zero:
+        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, datamodule)
+    return metrics
+
+
+def suite_config(cfg: DictConfig) -> Any:
+    """The corruption table of a run's config (conf/corruptions/), or the packaged one for run configs written
+    before the table was a config group."""
+    return cfg.get("corruptions") or OmegaConf.load(CONFIG_DIR / "corruptions" / "default.yaml")
+
+
+@rank_zero_only
+def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int,
+               datamodule: L.LightningDataModule) -> None:
+    """Rank zero: reports, the robustness benchmark when asked, metrics.json, TensorBoard hparams, a summary."""
+    if module.test_results:
+        write_test_reports(module.test_results, out_dir, module.class_names, loggers, step, map_title=module.map_title)
+        if cfg.get("robustness"):  # the corruption benchmark on the tested weights
+            started = time.perf_counter()
+            metrics.update(measure_after_training(module, datamodule, cfg.data.get("augment"), suite_config(cfg),
+                                                  out_dir, loggers, step, cfg.get("robustness_images")))
+            metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
+    hp_metrics = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
+    for logger in loggers:
+        if tensorboard_writers([logger]):
+            logger.log_hyperparams(hparams_to_log(cfg, module.num_parameters), hp_metrics)
+        logger.finalize("success")
+    write_json(out_dir / "metrics.json", metrics)
+    print_summary(metrics, out_dir)
+
+
+def print_summary(metrics: dict, out_dir: Path) -> None:
+    """The final table a person reads: accuracy, size, time and where the run folder is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Run finished", caption=str(out_dir), show_header=False)
+    for key in SUMMARY_KEYS:
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) and key.startswith(("val", "test")) else str(value))
+    Console(stderr=False).print(table)

@@ -22,6 +22,7 @@ _NOISY_INFO = re.compile("|".join([
     r"💡 Tip: ",  # litlogger/litmodels adverts: Lightning 2.6 prints them unless a LitLogger is used (no switch)
     r"Trainer already configured with model summary callbacks",  # NetworkSummary replaces the default on purpose
     r"TPU available: False, using: 0 TPU cores",  # the project never runs on TPUs; a present TPU still prints
+    r"Loading `train_dataloader` to estimate number of stepping batches",  # the LR schedule asks; nothing to act on
 ]))
 # (message regex, category, module regex): each warning names its exact text, nothing is silenced by category alone.
 _NOISY_WARNINGS = [

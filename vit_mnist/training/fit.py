@@ -11,7 +11,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +20,7 @@ from vit_mnist.reports.classification import summary_metrics, tensorboard_writer
 from vit_mnist.reports.files import write_json
 from vit_mnist.robustness_suite.after_training import measure_after_training
 from vit_mnist.runtime.build import build_trainer, instantiate_group
+from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.checks import check_before_run
@@ -101,6 +102,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = [c for c in instantiate_group(cfg.get("callbacks")) + [throughput, RankSeed(seed)]
                  if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
+    if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(NetworkSummary())  # also without a callbacks group (debug=fdr): the network, no metrics
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:
@@ -161,9 +164,11 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Run finished", caption=str(out_dir), show_header=False)
+    table = Table(title="Run finished", show_header=False)
     for key in SUMMARY_KEYS:
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) and key.startswith(("val", "test")) else str(value))
-    Console(stderr=False).print(table)
+    console = Console(stderr=False)
+    console.print(table)
+    console.print(f"run folder: {out_dir}", soft_wrap=True)

@@ -170,7 +170,7 @@ def test_two_conv_stem_needs_an_even_patch() -> None:
     [
         ({"patch_size": 6}, ["model.patch_size=6", "does not divide model.image_size=28", "[1, 2, 4, 7, 14, 28]"]),
         ({"hidden_dim": 96, "heads": 5}, ["model.hidden_dim=96", "model.heads=5", "Pick heads from [1, 2, 3, 4, 6, 8"]),
-        ({"pool": "max"}, ["model.pool='max'", "['cls', 'mean']"]),
+        ({"pool": "max"}, ["model.pool='max'", "['cls', 'mean', 'seq']"]),
     ],
 )
 def test_vit_config_raises_a_plain_value_error_naming_the_key(kwargs: dict, words: list[str]) -> None:

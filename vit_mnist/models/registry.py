@@ -86,5 +86,6 @@ def relevance_maps(net: nn.Module, images: torch.Tensor, classes: torch.Tensor) 
     ViT, the class activation map of `classes` for the CNN."""
     if isinstance(net, SmallCNN):
         return net.class_activation_maps(images, classes)
-    _, attentions = net(images, return_attention=True)  # the explicit attention path, only for these few images
-    return attention_rollout(attentions, net.pool)
+    tokens, attentions = net.forward_features(images, return_attention=True)  # the explicit path: few images
+    readout = net.pool_weights(tokens) if net.pool == "seq" else None
+    return attention_rollout(attentions, net.pool, net.num_prefix_tokens, readout)

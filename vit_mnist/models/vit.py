@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-POOLS = ("cls", "mean")
+POOLS = ("cls", "mean", "seq")
 STEMS = ("patch", "conv", "conv2")
+TOKENIZERS = ("patch", "spt")
+ATTENTIONS = ("mhsa", "lsa")
 POS_INITS = ("sincos", "random")
 INPUT_NORMS = ("none", "tophat")
 # up to this many tokens, bf16 attention on a CPU runs as explicit products: whole train steps 1.2-1.5x faster
@@ -50,6 +52,11 @@ class ViTConfig:
     stem: str = "patch"
     pos_init: str = "sincos"
     input_norm: str = "none"
+    # small-data ViT options: shifted patch tokens and locality self-attention (Lee et al., 2021), a distillation
+    # token (DeiT, Touvron et al., 2021); pool="seq" is CCT's sequence pooling (Hassani et al., 2021)
+    tokenizer: str = "patch"
+    attention: str = "mhsa"
+    distill_token: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +105,19 @@ class ViTConfig:
             raise ValueError(f"model.input_norm={self.input_norm!r} is not one of {list(INPUT_NORMS)}: `tophat` "
                              "removes each image's smooth background and stretches its contrast before the patch "
                              "embedding; `none` feeds the image as it is.")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"model.tokenizer={self.tokenizer!r} is not one of {list(TOKENIZERS)}: `patch` embeds "
+                             "each patch alone; `spt` (shifted patch tokenization) adds its four diagonal half-patch "
+                             "shifts first.")
+        if self.tokenizer == "spt" and self.stem != "patch":
+            raise ValueError(f"model.tokenizer=spt cuts its patches from the image itself, so it takes no conv stem "
+                             f"(model.stem={self.stem}): use model.stem=patch with it, or model.tokenizer=patch.")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"model.attention={self.attention!r} is not one of {list(ATTENTIONS)}: `mhsa` is the "
+                             "standard multi-head self-attention; `lsa` (locality self-attention) learns its softmax "
+                             "temperature and masks each token's attention to itself.")
+        if not isinstance(self.distill_token, bool):
+            raise ValueError(f"model.distill_token={self.distill_token!r} must be true or false.")
         if self.pos_init == "sincos" and hidden_dim % 4:
             raise ValueError(
                 f"model.pos_init=sincos splits model.hidden_dim={hidden_dim} into sine and cosine codes of rows and "
@@ -168,10 +188,54 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention; `scaled_dot_product_attention` unless the weights are asked for."""
+class ShiftedPatchTokenizer(nn.Module):
+    """Shifted patch tokenization (Lee, Lee & Song, 2021): the image and its four diagonal shifts by half a patch,
+    side by side as channels, cut into patches; each patch flattened, layer-normed and projected to `hidden_dim`.
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    A token then sees its patch and a half patch around it: the receptive field a small dataset cannot teach.
+    Shifts repeat the edge pixel (the background, for digits) rather than zeros, which normalised images would
+    read as grey. Patches are cut with reshapes alone, which every exporter follows.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, hidden_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        half = max(1, patch_size // 2)
+        self.shifts = ((-half, -half), (-half, half), (half, -half), (half, half))  # (rows, columns): the diagonals
+        width = (1 + len(self.shifts)) * in_channels * patch_size**2
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, hidden_dim)
+
+    @staticmethod
+    def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        """`x` moved down `dy` and right `dx` pixels (negative: up, left), the edge pixel filling in."""
+        H, W = x.shape[-2:]
+        padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+        top, left = max(-dy, 0), max(-dx, 0)
+        return padded[..., top:top + H, left:left + W]
+
+    def shifted_stack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 5C, H, W): the image, then its four shifted copies."""
+        return torch.cat([x, *(self.shift(x, dy, dx) for dy, dx in self.shifts)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shifted_stack(x)
+        B, C, H, W = x.shape
+        p, g = self.patch_size, self.grid_size
+        patches = x.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C * p * p)
+        return self.proj(self.norm(patches))  # (B, N, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; `scaled_dot_product_attention` unless the weights are asked for.
+
+    `locality=True` is locality self-attention (Lee et al., 2021): a learned softmax temperature instead of the
+    fixed sqrt(head_dim), and each token's score with itself masked out, so attention goes to the other tokens.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, locality: bool = False):
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
@@ -179,14 +243,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attn_dropout = dropout
         self.proj_drop = nn.Dropout(dropout)
+        self.locality = locality
+        if locality:  # the temperature, as its log (it stays positive), starting at the usual sqrt(head_dim)
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(math.sqrt(self.head_dim))))
 
     def forward(self, x: torch.Tensor, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        weights = None
+        weights, mask, scale = None, None, 1.0 / math.sqrt(self.head_dim)
+        if self.locality:
+            q = q * torch.exp(-self.log_temperature)  # scores / temperature, with a gradient for it
+            mask = ~torch.eye(N, dtype=torch.bool, device=x.device)  # True: may attend (the diagonal may not)
+            scale = 1.0
         if return_weights:
             # The explicit path, used only for inspection (attention maps); same maths as SDPA.
-            weights = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(dim=-1)
+            weights = self._masked(q @ k.transpose(-2, -1) * scale, mask).softmax(dim=-1)
             x = weights @ v
         else:
             dropout_p = self.attn_dropout if self.training else 0.0
@@ -194,18 +265,23 @@ class Attention(nn.Module):
                 # torch's CPU flash-attention backward is ~12x slower in bf16 than in fp32 at these sizes
                 # (docs/benchmark.md); for short sequences two bf16 batched products around an fp32 softmax beat
                 # flash attention in fp32 too
-                scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(self.head_dim))
+                scores = self._masked((q @ k.transpose(-2, -1)).float() * scale, mask)
                 probs = F.dropout(scores.softmax(dim=-1), dropout_p, self.training).to(q.dtype)
                 x = probs @ v
             elif q.dtype == torch.bfloat16 and q.device.type == "cpu":
                 # longer sequences: the fp32 flash kernel, outside autocast (which would cast its inputs back)
                 with torch.autocast("cpu", enabled=False):
-                    x = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+                    x = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                       dropout_p=dropout_p, scale=scale)
                 x = x.to(q.dtype)
             else:
-                x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+                x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         x = x.transpose(1, 2).reshape(B, N, D)
         return self.proj_drop(self.proj(x)), weights
+
+    @staticmethod
+    def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return scores if mask is None else scores.masked_fill(~mask, float("-inf"))
 
 
 class Mlp(nn.Module):
@@ -239,10 +315,11 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0, drop_path: float = 0.0):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0, drop_path: float = 0.0,
+                 locality: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout, locality)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_dim, dropout)
         self.drop_path = DropPath(drop_path)
@@ -265,7 +342,8 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 
 
 class VisionTransformer(nn.Module):
-    """ViT classifier: patch embedding, CLS token, learned positions, pre-norm blocks, LayerNorm, linear head."""
+    """ViT classifier: patch tokens, a CLS token (and a distillation token), learned positions, pre-norm blocks,
+    LayerNorm, linear head. Tokens are [CLS][DIST][patches]; with pool="seq" there is no CLS token."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -274,20 +352,33 @@ class VisionTransformer(nn.Module):
         dim = config.hidden_dim
         # no weights: checkpoints of either setting have the same keys
         self.input_norm = BackgroundNorm() if config.input_norm == "tophat" else nn.Identity()
-        self.patch_embed = PatchEmbed(config.image_size, config.patch_size, config.in_channels, dim, config.stem)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, dim))
+        if config.tokenizer == "spt":
+            self.patch_embed = ShiftedPatchTokenizer(config.image_size, config.patch_size, config.in_channels, dim)
+        else:
+            self.patch_embed = PatchEmbed(config.image_size, config.patch_size, config.in_channels, dim, config.stem)
+        if self.pool != "seq":  # sequence pooling reads every token: it needs no CLS token (CCT)
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        if config.distill_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.num_prefix_tokens = int(self.pool != "seq") + int(config.distill_token)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, dim))
         self.pos_drop = nn.Dropout(config.dropout)
         rates = torch.linspace(0, config.drop_path, config.depth).tolist()  # deeper blocks dropped more often
-        self.blocks = nn.ModuleList(Block(dim, config.heads, config.mlp_dim, config.dropout, r) for r in rates)
+        locality = config.attention == "lsa"
+        self.blocks = nn.ModuleList(Block(dim, config.heads, config.mlp_dim, config.dropout, r, locality)
+                                    for r in rates)
         self.norm = nn.LayerNorm(dim)
+        if self.pool == "seq":
+            self.attention_pool = nn.Linear(dim, 1)  # one score per token; their softmax weighs the average
         self.head = nn.Linear(dim, config.num_classes)
+        if config.distill_token:
+            self.head_dist = nn.Linear(dim, config.num_classes)  # reads the distillation token
         self._init_weights()
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters to train without weight decay besides norms and biases (as timm's ViT):
-        decaying the positions and the CLS token pulls them towards zero, which carries no meaning for them."""
-        return {"pos_embed", "cls_token"}
+        decaying the positions and the CLS/distillation tokens pulls them towards zero, which means nothing for them."""
+        return {name for name in ("pos_embed", "cls_token", "dist_token") if hasattr(self, name)}
 
     def _init_weights(self) -> None:
         # Xavier-uniform linears and patch projection (as in MAE and the JAX ViT): on MNIST-sized data it
@@ -296,11 +387,14 @@ class VisionTransformer(nn.Module):
             # Still learned, but starting from 2D sin-cos positions (as MAE does) instead of noise, the first
             # steps already know where each patch is.
             with torch.no_grad():
-                self.pos_embed[0, 1:] = sincos_2d(self.patch_embed.grid_size, self.pos_embed.shape[-1])
-                self.pos_embed[0, 0] = 0.0
+                prefix = self.num_prefix_tokens
+                self.pos_embed[0, prefix:] = sincos_2d(self.patch_embed.grid_size, self.pos_embed.shape[-1])
+                self.pos_embed[0, :prefix] = 0.0
         else:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for name in ("cls_token", "dist_token"):
+            if hasattr(self, name):
+                nn.init.trunc_normal_(getattr(self, name), std=0.02)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
         for m in self.modules():
@@ -314,10 +408,12 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor,
                          return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """The normed tokens (B, 1 + N, D), CLS first, and each block's (B, heads, N+1, N+1) attention weights
-        (None for each block unless `return_attention`: the fast path does not form them)."""
+        """The normed tokens (B, prefix + N, D), [CLS][DIST] first, and each block's (B, heads, T, T) attention
+        weights (None for each block unless `return_attention`: the fast path does not form them)."""
         x = self.patch_embed(self.input_norm(x))
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        prefix = [getattr(self, name).expand(x.shape[0], -1, -1) for name in ("cls_token", "dist_token")
+                  if hasattr(self, name)]
+        x = torch.cat([*prefix, x], dim=1)
         x = self.pos_drop(x + self.pos_embed)
         attentions = []
         for block in self.blocks:
@@ -325,10 +421,35 @@ class VisionTransformer(nn.Module):
             attentions.append(weights)
         return self.norm(x), attentions
 
+    def pool_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Sequence pooling's weights over the patch tokens (B, N), summing to 1 per image."""
+        patches = x[:, self.num_prefix_tokens:]
+        return self.attention_pool(patches).squeeze(-1).softmax(dim=-1)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits (B, num_classes) from `forward_features`' tokens; the pooled (B, D) features with `pre_logits`."""
-        pooled = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)
-        return pooled if pre_logits else self.head(pooled)
+        """Logits (B, num_classes) from `forward_features`' tokens (with a distillation token: the mean of the two
+        heads, as DeiT predicts); the pooled (B, D) features with `pre_logits`."""
+        if self.pool == "cls":
+            pooled = x[:, 0]
+        elif self.pool == "mean":
+            pooled = x[:, self.num_prefix_tokens:].mean(dim=1)
+        else:
+            pooled = (self.pool_weights(x).unsqueeze(1) @ x[:, self.num_prefix_tokens:]).squeeze(1)
+        if pre_logits:
+            return pooled
+        logits, dist_logits = self.head(pooled), self.forward_dist_head(x)
+        return logits if dist_logits is None else (logits + dist_logits) / 2
+
+    def forward_dist_head(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The distillation head's logits (B, num_classes), read from the distillation token; None without one."""
+        if not hasattr(self, "dist_token"):
+            return None
+        return self.head_dist(x[:, self.num_prefix_tokens - 1])
+
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training with a teacher: the class head's and the distillation head's logits apart, from images."""
+        tokens, _ = self.forward_features(x)
+        return self.head(self.forward_head(tokens, pre_logits=True)), self.forward_dist_head(tokens)
 
     def forward(self, x: torch.Tensor,
                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor | None]]:

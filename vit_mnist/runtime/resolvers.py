@@ -24,7 +24,12 @@ def input_norm_for(dataset: str) -> str:
     return "tophat" if is_handwritten(dataset) else "none"
 
 
-RESOLVERS = {"vit_mnist.root": project_root, "vit_mnist.abspath": _abspath,
+def is_set(value: object) -> bool:
+    """Whether a setting is given: not null and not empty (model.distill_token follows distill.teacher)."""
+    return value not in (None, "", "null", "None")
+
+
+RESOLVERS = {"vit_mnist.is_set": is_set, "vit_mnist.root": project_root, "vit_mnist.abspath": _abspath,
              "vit_mnist.input_norm_for": input_norm_for, "vit_mnist.fastest_precision": fastest_precision}
 
 

@@ -15,6 +15,7 @@ from vit_mnist.models.registry import network_config
 from vit_mnist.runtime.hardware import warn_if_slow_bf16
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options
+from vit_mnist.training.teacher import check_distill
 from vit_mnist.training.transfer import check_init_from
 
 
@@ -43,6 +44,7 @@ def validate(cfg: DictConfig) -> None:
     check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 1000), d.get("val_size", 5000),
                          d.get("num_workers", 0))
     check_training_options(cfg)
+    check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
     ema = (cfg.get("callbacks") or {}).get("ema")
     if ema:
         check_ema_options(ema.get("decay", 0.999), ema.get("update_starting_at_step"),

@@ -26,6 +26,7 @@ from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.checks import check_before_run
 from vit_mnist.training.distributed import RankSeed, hydra_ddp_job
 from vit_mnist.training.module import ViTClassifier
+from vit_mnist.training.teacher import load_teacher
 from vit_mnist.training.transfer import init_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ HPARAM_METRICS = ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test
                   "test/pen_photos")
 SUMMARY_KEYS = ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/mca", "test/mca_unseen",
                 "test/other_writers", "test/pen_photos", "num_parameters", "epochs", "train_images_per_s",
-                "wall_time_s", "best_checkpoint")
+                "teacher_share", "wall_time_s", "best_checkpoint")
 
 
 def hparams_to_log(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
@@ -68,7 +69,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
         normalize={"mean": datamodule.mean, "std": datamodule.std},
         dataset=cfg.data.name,
         tta=bool(cfg.get("tta", False)),
+        distill=cfg.get("distill"),
     )
+    if module.hparams.distill:
+        module.attach_teacher(load_teacher(module.hparams.distill["teacher"]))
     if cfg.model.get("init_from"):
         init_from_checkpoint(module.net, cfg.model.init_from, module.hparams.model)
     if cfg.model.get("compile"):
@@ -128,6 +132,9 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             "device": str(trainer.strategy.root_device),
         }
     )
+    if module.hparams.distill:  # the teacher's forward passes inside the training loop, and their share of it
+        metrics["teacher_time_s"] = round(module.teacher_time_s, 2)
+        metrics["teacher_share"] = round(module.teacher_time_s / throughput.train_time, 4) if throughput.train_time else None
     if trainer.is_global_zero:
         finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, datamodule)
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import hydra
@@ -24,6 +25,7 @@ from vit_mnist.models.registry import MAP_TITLES, build_network, model_arch, rel
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.reports.samples import CALIBRATION_BINS, ReportSamples
 from vit_mnist.models.tta import tta_logits
+from vit_mnist.training.distill import distillation_loss
 
 
 def _plain(cfg: Any) -> Any:
@@ -52,6 +54,7 @@ class ViTClassifier(LightningModule):
         normalize: dict | None = None,
         dataset: str = "mnist",
         tta: bool = False,
+        distill: dict | None = None,
     ):
         super().__init__()
         model, optimizer, scheduler = _plain(model), _plain(optimizer), _plain(scheduler)
@@ -62,9 +65,14 @@ class ViTClassifier(LightningModule):
             raise UserError(str(e)) from e
         self.save_hyperparameters(
             {"model": model, "optimizer": optimizer, "scheduler": scheduler, "label_smoothing": label_smoothing,
-             "class_names": class_names, "normalize": normalize, "dataset": dataset, "tta": tta}
+             "class_names": class_names, "normalize": normalize, "dataset": dataset, "tta": tta,
+             "distill": _plain(distill) if distill and distill.get("teacher") else None}
         )
         self.net = net
+        # The teacher of a distillation run: attached by the train job, never part of the state dict (the student's
+        # checkpoint loads, evaluates and exports without it), moved to the student's device when fitting starts.
+        self._teacher: list[torch.nn.Module] = []
+        self.teacher_time_s = 0.0
         num_classes = int(model.get("num_classes", 10))
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
 
@@ -116,12 +124,37 @@ class ViTClassifier(LightningModule):
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
         return loss, logits, labels
 
+    def attach_teacher(self, teacher: torch.nn.Module) -> None:
+        """The frozen network whose predictions train the distillation token (`distill.teacher`)."""
+        self._teacher = [teacher.eval()]
+
+    def on_fit_start(self) -> None:
+        if self._teacher:
+            self._teacher[0].to(self.device)
+
+    def _distill_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = batch
+        if not self._teacher:
+            raise RuntimeError("distill.teacher is set but no teacher was attached: build the module with "
+                               "vit_mnist.training.fit.build")
+        started = time.perf_counter()
+        with torch.no_grad():  # the teacher sees the same augmented batch, in eval mode, and learns nothing
+            teacher_logits = self._teacher[0](images)
+        self.teacher_time_s += time.perf_counter() - started
+        logits, dist_logits = self.net.forward_heads(images)
+        d = self.hparams.distill
+        loss = distillation_loss(logits, dist_logits, labels, teacher_logits, d.get("kind", "hard"),
+                                 float(d.get("alpha", 0.5)), float(d.get("tau", 1.0)), self.hparams.label_smoothing)
+        return loss, (logits + dist_logits) / 2, labels  # accuracy of what the student predicts: both heads
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, logits, labels = self._step(batch)
+        loss, logits, labels = self._distill_step(batch) if self.hparams.get("distill") else self._step(batch)
         self.train_loss(loss.detach())
         self.train_acc(logits.detach(), labels)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        if self._teacher:
+            self.log("train/teacher_time_s", self.teacher_time_s, on_step=False, on_epoch=True, reduce_fx="max")
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

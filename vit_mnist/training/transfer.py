@@ -56,6 +56,13 @@ def check_compatible(source_model: dict[str, Any], target_model: dict[str, Any],
                 "command, or set model.init_from=null to train from scratch."
             )
         return
+    if prefix_tokens(source_model) != prefix_tokens(dict(target_model)):
+        raise UserError(
+            f"model.init_from={path} has {prefix_tokens(source_model)} token(s) before its patches and this model "
+            f"{prefix_tokens(dict(target_model))} (a CLS token unless model.pool=seq, a distillation token with "
+            "model.distill_token=true): the position embeddings cannot be carried over. Match model.pool and "
+            "model.distill_token to the checkpoint's, or set model.init_from=null to train from scratch."
+        )
     diffs = [k for k in BLOCK_KEYS if source_model.get(k) != target_model.get(k)]
     if diffs:
         found = ", ".join(f"model.{k}={source_model.get(k)} there but {target_model.get(k)} here" for k in diffs)
@@ -72,12 +79,14 @@ def list_or_value(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple, ListConfig)) else value
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Resize (1, 1 + g*g, D) position embeddings to `num_tokens`: bicubic over the 2-D grid, CLS kept."""
-    old, new = int(round((pos_embed.shape[1] - 1) ** 0.5)), int(round((num_tokens - 1) ** 0.5))
-    if old * old + 1 != pos_embed.shape[1] or new * new + 1 != num_tokens:
-        raise ValueError(f"position embeddings of {pos_embed.shape[1]} and {num_tokens} tokens are not CLS + a square grid")
-    cls, grid = pos_embed[:, :1], pos_embed[:, 1:]
+def interpolate_pos_embed(pos_embed: torch.Tensor, num_tokens: int, prefix: int = 1) -> torch.Tensor:
+    """Resize (1, prefix + g*g, D) position embeddings to `num_tokens`: bicubic over the 2-D grid, the `prefix`
+    tokens' (CLS, distillation) kept."""
+    old, new = int(round((pos_embed.shape[1] - prefix) ** 0.5)), int(round((num_tokens - prefix) ** 0.5))
+    if old * old + prefix != pos_embed.shape[1] or new * new + prefix != num_tokens:
+        raise ValueError(f"position embeddings of {pos_embed.shape[1]} and {num_tokens} tokens are not {prefix} "
+                         "prefix tokens + a square grid")
+    cls, grid = pos_embed[:, :prefix], pos_embed[:, prefix:]
     grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(pos_embed.dtype)
@@ -98,7 +107,13 @@ def resize_patch_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
     return new.T.reshape(*weight.shape[:2], size, size).to(weight.dtype)
 
 
-def adapt_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def prefix_tokens(model: dict[str, Any]) -> int:
+    """How many tokens come before the patches in a ViT of these hyperparameters: CLS (not with pool=seq), DIST."""
+    return int(model.get("pool", "cls") != "seq") + int(bool(model.get("distill_token", False)))
+
+
+def adapt_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], prefix: int = 1
+                ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The source weights reshaped for `target` (a state dict), and notes on what was resized or left out."""
     state, notes, reinit = {}, [], []
     for name, want in target.items():
@@ -108,14 +123,14 @@ def adapt_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
         elif have.shape == want.shape:
             state[name] = have
         elif name == "pos_embed" and have.shape[-1] == want.shape[-1]:
-            state[name] = interpolate_pos_embed(have, want.shape[1])
-            notes.append(f"pos_embed interpolated from {have.shape[1] - 1} to {want.shape[1] - 1} patches "
+            state[name] = interpolate_pos_embed(have, want.shape[1], prefix)
+            notes.append(f"pos_embed interpolated from {have.shape[1] - prefix} to {want.shape[1] - prefix} patches "
                          "(bicubic, CLS kept)")
         elif name == "patch_embed.proj.weight" and have.shape[:2] == want.shape[:2]:
             state[name] = resize_patch_kernel(have, want.shape[-1])
             notes.append(f"patch kernel resized from {have.shape[-1]}x{have.shape[-1]} to "
                          f"{want.shape[-1]}x{want.shape[-1]} (pseudo-inverse)")
-        elif name.startswith(("head.", "patch_embed.")):
+        elif name.startswith(("head.", "head_dist.", "patch_embed.")):
             reinit.append(name)  # another class count, stem or channel count: keep the fresh initialisation
         else:
             raise UserError(f"model.init_from: the checkpoint's {name} has shape {tuple(have.shape)} but this "
@@ -141,7 +156,7 @@ def init_from_checkpoint(net: nn.Module, path: str | Path, target_model: dict[st
     """Load `path`'s network weights into `net`, adapting what differs; return (and log) what was done."""
     source, source_model = read_source(path)
     check_compatible(source_model, target_model, path)
-    state, notes = adapt_state(source, net.state_dict())
+    state, notes = adapt_state(source, net.state_dict(), prefix_tokens(source_model))
     net.load_state_dict(state, strict=False)  # keys left out keep their fresh initialisation
     message = f"model.init_from={path}: loaded {len(state)} of {len(net.state_dict())} tensors"
     message += "; " + "; ".join(notes) if notes else " (all of them unchanged)"

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install constraints train test test-fast lint clean tensorboard serve
+.PHONY: install constraints train test test-fast lint gpu-check clean tensorboard serve
 
 install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project at versions known to pass
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ CKPT ?= $(or $(ROBUST_CKPT),$(shell ls -t outputs/*/*/checkpoints/best.ckpt outp
 
 serve:  ## the digit-drawing web app on http://127.0.0.1:8000 (CKPT=path to choose the checkpoint, ARGS="port=8080")
 	$(BIN)/python -m vit_mnist.serve ckpt_path=$(CKPT) $(ARGS)
+
+gpu-check:  ## on a CUDA machine: GPU tests, fast's time to 99%, the benchmark, note_budget x3 (BEST=1: best too); else says so
+	bash scripts/gpu_check.sh
 
 tensorboard:
 	$(BIN)/tensorboard --logdir outputs

@@ -163,6 +163,21 @@ def test_slurm_launcher_config_composes_and_builds(tmp_path: Path) -> None:
                     return_hydra_config=True)
 
 
+def test_submitit_local_launcher_runs_the_jobs_and_records_a_failure(data_dir: Path, tmp_path: Path) -> None:
+    """hydra/launcher=submitit_local: the submitit code path of the SLURM launcher, each job in its own process."""
+    sweep_dir = tmp_path / "multirun"
+    result = run_cli(["-m", "hydra/launcher=submitit_local", *FAST, "test=false", "model.heads=2,3",
+                      f"hydra.sweep.dir={sweep_dir}"], data_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ok = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    failed = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    assert "status" not in ok and ok["val/acc_best"] > 0
+    assert failed["status"] == "failed" and "model.heads=3" in failed["error"]
+    assert (sweep_dir / ".submitit").is_dir()  # the jobs went through submitit
+    rows = read_csv(sweep_dir / "sweep_summary.csv")
+    assert sorted(r["status"] for r in rows) == ["failed", "ok"]
+
+
 def test_summary_shows_robustness_when_the_jobs_measured_it(sweep: Path, tmp_path: Path) -> None:
     ok_job = next(r["job"] for r in read_csv(sweep / "sweep_summary.csv") if r["status"] == "ok")
     metrics = json.loads((sweep / ok_job / "metrics.json").read_text())

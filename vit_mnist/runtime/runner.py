@@ -37,7 +37,7 @@ FAILED_OBJECTIVE = None
 # Set for the rank processes of one job of a multirun (they run it as a single run): a failure there is the
 # sweep's to record, by rank 0, and must not end the sweep.
 SWEEP_JOB_ENV = "VIT_MNIST_SWEEP_JOB"
-# What a run folder may hold and still be removed after a user's mistake: what Hydra and the loggers make at start.
+# A run folder holding any of these is kept after a user's mistake: work worth keeping (a checkpoint to resume from).
 KEEP_IF_PRESENT = ("checkpoints",)
 
 Job = Callable[[DictConfig], dict[str, Any]]

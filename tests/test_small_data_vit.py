@@ -158,7 +158,7 @@ def test_each_option_trains_and_exports_with_onnx_parity(option: str, data_dir: 
                           "debug=fdr"], tmp_path / "run")
     metrics = train(cfg)
     assert metrics["global_step"] == 1 and 0.0 <= metrics["test/acc"] <= 1.0
-    # debug=fdr keeps no checkpoint: save the trained module as training would, then export it
+    # debug=fdr keeps no checkpoint: a checkpoint of this config's network, as training writes one, to export
     _, module = build(cfg)
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,

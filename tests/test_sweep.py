@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -114,9 +115,10 @@ def test_optuna_study_goes_on_after_a_failed_trial(data_dir: Path, tmp_path: Pat
     sweep_dir = tmp_path / "optuna"
     # heads=3 cannot split hidden size 32; with this seed the random start-up trials draw it twice in three
     args = [a for a in FAST if not a.startswith("model.heads=")]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # a new database file, made by the sweep
     result = run_cli(["-m", "hparams_search=optuna", *args, "test=false", "hydra.sweeper.n_trials=3",
-                      "hydra.sweeper.sampler.seed=1", "model.heads=choice(2,3)", f"hydra.sweep.dir={sweep_dir}"],
-                     data_dir, tmp_path)
+                      "hydra.sweeper.sampler.seed=1", "model.heads=choice(2,3)", f"hydra.sweeper.storage={storage}",
+                      f"hydra.sweep.dir={sweep_dir}"], data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_csv(sweep_dir / "sweep_summary.csv")
     assert len(rows) == 3
@@ -127,6 +129,12 @@ def test_optuna_study_goes_on_after_a_failed_trial(data_dir: Path, tmp_path: Pat
     best = (sweep_dir / "optimization_results.yaml").read_text()
     best_ok = max((r for r in rows if r["status"] == "ok"), key=lambda r: float(r["val_acc_best"]))
     assert f"best_value: {float(best_ok['val_acc_best'])}" in best
+    # the study is in the database: job n is trial n, FAIL where the job failed, else its val/acc_best
+    trials = optuna.load_study(study_name="vit_mnist", storage=storage).trials
+    assert {str(t.number): t.state.name for t in trials} == {
+        r["job"]: "FAIL" if r["status"] == "failed" else "COMPLETE" for r in rows}
+    assert all(t.value == pytest.approx(float(r["val_acc_best"])) for t in trials for r in rows
+               if r["job"] == str(t.number) and r["status"] == "ok")
 
 
 def test_summary_reads_a_job_folder_without_hydra_files(sweep: Path, tmp_path: Path) -> None:

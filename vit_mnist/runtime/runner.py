@@ -30,9 +30,10 @@ from vit_mnist.reports.files import write_json
 
 log = logging.getLogger(__name__)
 
-# What a sweeper sees for a failed job. Not NaN: the Optuna sweeper (hydra-optuna-sweeper 1.3 with Optuna 2.10)
-# ends the whole study when a trial returns NaN, while None marks just that trial failed
-# (tests/test_sweep.py::test_optuna_study_goes_on_after_a_failed_trial).
+# What a sweeper sees for a failed job. Not NaN: the Optuna sweeper this project pins (hydra-optuna-sweeper 1.3
+# with Optuna 2.10, docs/scaling.md) ends the whole study when a trial returns NaN, while None marks just that
+# trial FAIL in the study; None does the same with hydra-optuna-sweeper 1.4 and Optuna 4-5, where NaN would too
+# (tests/test_sweep.py::test_optuna_study_goes_on_after_a_failed_trial, tests/test_optuna_storage.py).
 FAILED_OBJECTIVE = None
 # Set for the rank processes of one job of a multirun (they run it as a single run): a failure there is the
 # sweep's to record, by rank 0, and must not end the sweep.

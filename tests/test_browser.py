@@ -85,11 +85,20 @@ def check_prediction_shown(page) -> str:
     """The label, ten probabilities summing to one with the top one marked, and the 28x28 input are on the page."""
     label = page.inner_text("#pred-label")
     names = page.evaluate("fetch('/healthz').then(r => r.json()).then(j => j.class_names)")
-    assert label in names
     shown = page.eval_on_selector_all(".bar", "bars => bars.map(b => b.dataset.probability)")
     probabilities = [float(p) for p in shown]
     assert len(probabilities) == 10 and sum(probabilities) == pytest.approx(1, abs=1e-3)
-    assert names[max(range(10), key=probabilities.__getitem__)] == label
+    top = names[max(range(10), key=probabilities.__getitem__)]
+    verdict = page.evaluate("document.body.dataset.verdict")
+    # what the label says follows the server's verdict: the answer, two candidates, or not a digit
+    if verdict == "confident":
+        assert label == top and page.inner_text("#pred-verdict") == ""
+    elif verdict == "unsure":
+        assert label.startswith(top + " or ") and label.endswith("?")
+        assert page.inner_text("#pred-verdict").startswith("Not sure: " + top + " or ")
+    else:
+        assert verdict == "out_of_domain" and label == "?"
+        assert page.inner_text("#pred-verdict") == "That doesn't look like a digit."
     assert page.locator(".bar.top").count() == 1
     seen_ink = page.evaluate("Array.from(document.getElementById('seen').getContext('2d')"
                              ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 0).length")
@@ -153,3 +162,50 @@ def test_drawing_with_a_finger_works_too(server: str, browser) -> None:
     page.wait_for_function("document.body.dataset.state === 'ready'", timeout=20_000)
     check_prediction_shown(page)
     context.close()
+
+
+def draw(page, stroke: list[tuple[int, int]]) -> None:
+    """One mouse stroke through canvas points (the canvas is 280x280), then wait for the answer."""
+    box = page.locator("#pad").bounding_box()
+    scale = box["width"] / 280
+    page.mouse.move(box["x"] + stroke[0][0] * scale, box["y"] + stroke[0][1] * scale)
+    page.mouse.down()
+    for x, y in stroke[1:]:
+        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=20_000)
+
+
+# A capital A: up the left leg, down the right, then the bar.
+LETTER_A = [(70, 250), (140, 40), (210, 250), (175, 150), (105, 150)]
+
+
+@pytest.mark.parametrize("verdict,label,message", [
+    ("unsure", "7 or 1?", "Not sure: 7 or 1?"),
+    ("out_of_domain", "?", "That doesn't look like a digit."),
+])
+def test_the_page_words_each_verdict(server: str, browser, verdict: str, label: str, message: str) -> None:
+    """The page as people read it, for the answers a tiny test model cannot be relied on to give: the server's
+    reply to a drawn digit and a drawn letter is replaced by one with the verdict (the real server's verdicts
+    are checked in tests/test_verdicts.py)."""
+    page = browser.new_page(viewport={"width": 800, "height": 520})
+
+    def reply(route) -> None:
+        body = route.fetch().json()
+        probabilities = [0.0] * 10
+        probabilities[7], probabilities[1] = 0.55, 0.45
+        body.update(label=7, class_name="7", probabilities=probabilities, verdict=verdict, message=message,
+                    candidates=["7", "1"] if verdict == "unsure" else [])
+        route.fulfill(json=body)
+
+    page.route("**/api/predict", reply)
+    page.goto(server)
+    page.wait_for_function("document.querySelectorAll('#bars .bar').length === 10")
+    draw(page, STROKE if verdict == "unsure" else LETTER_A)
+    assert page.inner_text("#pred-label") == label
+    assert page.inner_text("#pred-verdict") == message
+    assert page.evaluate("document.body.dataset.verdict") == verdict
+    page.click("#clear")
+    assert page.inner_text("#pred-verdict") == "" and page.evaluate("document.body.dataset.verdict") is None
+    page.close()

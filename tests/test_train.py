@@ -40,8 +40,9 @@ def test_run_folder_artifacts(trained: tuple[Path, dict]) -> None:
     out, metrics = trained
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test/acc"] == pytest.approx(metrics["test/acc"])
-    for key in ("test/loss", "test/f1_macro", "val/acc_best", "num_parameters", "epochs", "wall_time_s", "best_checkpoint"):
-        assert key in saved
+    for key in ("test/loss", "test/f1_macro", "val/acc_best", "num_parameters", "epochs", "wall_time_s", "best_checkpoint",
+                "calibration/temperature", "test/ece", "test/ece_raw", "test/nll", "test/nll_raw"):
+        assert key in saved, key
     assert Path(saved["best_checkpoint"]).is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     rows = (out / "confusion_matrix.csv").read_text().strip().splitlines()
     assert len(rows) == 11

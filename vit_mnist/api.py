@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,11 @@ class Predictions:
     """The model's answer for N images, in the order given."""
 
     labels: np.ndarray  # int64 (N,): the most probable class of each image
-    probabilities: np.ndarray  # float64 (N, classes): softmax; row i sums to 1
+    probabilities: np.ndarray  # float64 (N, classes): calibrated softmax(logits / temperature); row i sums to 1
     class_names: list[str]  # the model's classes; label k is class_names[k]
+    # "confident" (the answer stands), "unsure" (a digit, but two classes are close) or "out_of_domain" (not
+    # one of the model's kind of images at all: a letter, a scribble, a photo of something else)
+    verdicts: list[str] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -54,6 +57,11 @@ class Classifier:
         """The network in the checkpoint: "vit" or "cnn"."""
         return self._predictor.arch
 
+    @property
+    def temperature(self) -> float:
+        """The checkpoint's fitted temperature: probabilities are softmax(logits / temperature) (1: not calibrated)."""
+        return self._predictor.temperature
+
     def __repr__(self) -> str:
         return f"Classifier(arch={self.arch!r}, classes={len(self.classes)}, checkpoint={self._predictor.source!r})"
 
@@ -82,10 +90,10 @@ class Classifier:
                 raise UserError(f"{where}: {e}" if len(items) > 1 else str(e)) from e
         batch = np.stack(inputs)
         # In slices, so that a large array does not need one huge activation tensor.
-        probabilities = np.concatenate([self._predictor.probabilities(batch[i:i + batch_size])
-                                        for i in range(0, len(batch), batch_size)])
+        answers = [self._predictor.answer(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
+        probabilities = np.concatenate([a.probabilities for a in answers])
         return Predictions(labels=probabilities.argmax(axis=1), probabilities=probabilities,
-                           class_names=self.classes)
+                           class_names=self.classes, verdicts=[v for a in answers for v in a.verdicts])
 
 
 def load_model(ckpt_path: str | Path) -> Classifier:

@@ -85,6 +85,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.finalize("success")
     write_json(out_dir / "metrics.json", metrics)
-    print(f"{split}/acc {metrics[f'{split}/acc']:.4f}  {split}/ece {metrics[f'{split}/ece']:.4f}  "
-          f"reports in {out_dir}")
+    print(f"{split}/acc {metrics[f'{split}/acc']:.4f}  {split}/ece {metrics[f'{split}/ece']:.4f} (before "
+          f"calibration {metrics[f'{split}/ece_raw']:.4f}, temperature {module.temperature:.4g})  reports in {out_dir}")
     return metrics

@@ -1,4 +1,5 @@
-"""The robustness benchmark for one or more checkpoints: clean, each corruption, other writers and pen photos."""
+"""The robustness benchmark for one or more checkpoints: clean, each corruption, other writers and pen photos, and
+the out-of-domain benchmark on the non-digit sets."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from vit_mnist.data.digit_sets import DIGIT_SETS, digit_sets_for
+from vit_mnist.data.non_digits import load_non_digit_sets
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule, run_name
 from vit_mnist.reports.files import write_json
 from vit_mnist.reports.robustness import print_results, robustness_json, write_reports
+from vit_mnist.robustness_suite.ood import CHECKPOINT_KEY, check_score, detector_for, fit_data_from
 from vit_mnist.robustness_suite.scoring import Scorer, run_suite
 from vit_mnist.robustness_suite.suite import CorruptionSpec, build_suite, seen_names
 from vit_mnist.runtime.build import instantiate_group
@@ -67,6 +70,7 @@ def check_config(cfg: DictConfig) -> tuple[list[CorruptionSpec], list[dict[str, 
             raise UserError(f"{key}={cfg.get(key)!r} must be a positive whole number.")
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
         raise UserError(f"seed={cfg.get('seed')!r} must be a whole number: it fixes the corrupted images.")
+    check_score(cfg.get("ood_score"))
     model_names(cfg, [p for _, p in paths])
     ckpts = [read_checkpoint(path, key) for key, path in paths]
     dataset = checked_dataset([(path, ckpt) for (_, path), ckpt in zip(paths, ckpts)], cfg.data)
@@ -89,7 +93,7 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     num_images = cfg.get("num_images")
     if num_images:
         images, labels = images[:num_images], labels[:num_images]
-    scorers = []
+    scorers, ood_notes = [], []
     for name, path, ckpt in zip(names, paths, ckpts):
         module = module_from_checkpoint(ckpt, path)
         tta = bool(module.hparams.get("tta", False)) if cfg.get("tta") is None else bool(cfg.tta)
@@ -97,10 +101,19 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
         scorer = Scorer(module, datamodule.mean, datamodule.std, tta, device, len(datamodule.class_names),
                         int(cfg.batch_size))
         extra = {"num_parameters": module.num_parameters, "arch": module.arch}
+        if cfg.get("ood", True):  # the checkpoint's detector, else one fitted on the data it recorded
+            scorer.detector, scorer.detector_source, scorer.others = detector_for(
+                scorer, ckpt.get(CHECKPOINT_KEY), cfg.get("ood_score"),
+                lambda ckpt=ckpt: fit_data_from(checkpoint_datamodule(ckpt, dataset, cfg.data)), num_images)
+            if scorer.detector is None:
+                ood_notes.append(f"{name}: {scorer.detector_source}")
         scorers.append((name, str(Path(path).expanduser().resolve()), scorer, seen_names(suite, augment), extra))
     sets = [name for name in digit_sets_for(dataset) if bool(cfg.get(name, True))]
+    non_digits, notes = (load_non_digit_sets(dataset, cfg.data.data_dir, num_images, int(cfg.seed),
+                                             bool(cfg.data.get("download", False)))
+                         if cfg.get("ood", True) else ({}, []))
     results, shown = run_suite(scorers, images, labels, suite, int(cfg.seed), int(cfg.examples), sets,
-                               digit_set_limit=num_images)
+                               digit_set_limit=num_images, non_digit_sets=non_digits, ood_notes=ood_notes + notes)
     loggers = instantiate_group(cfg.get("logger"))
     write_reports(results, suite, shown, out_dir, datamodule.class_names, len(labels), int(cfg.seed), loggers)
     for logger in loggers:
@@ -110,7 +123,8 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     summary["device"] = str(device)
     write_json(out_dir / "metrics.json", {"status": "ok", "models": [
         {"name": r.name, "clean_acc": r.clean, "mca": r.mca, "unseen_mca": r.unseen_mca,
-         **{f"{name}_acc": r.digit_sets.get(name) for name in DIGIT_SETS}} for r in results],
+         **{f"{name}_acc": r.digit_sets.get(name) for name in DIGIT_SETS},
+         **({"ood_auroc": r.ood.mean_auroc, "ood_score": r.ood.score} if r.ood else {})} for r in results],
         "wall_time_s": summary["wall_time_s"]})
     print_results(results)
     print(f"reports in {out_dir}")

@@ -19,6 +19,7 @@ from torch import nn
 
 from vit_mnist.errors import UserError
 from vit_mnist.inference.predictor import Predictor
+from vit_mnist.models.tta import tta_logits
 from vit_mnist.training.checkpoints import check_checkpoint_path
 from vit_mnist.version import __version__
 
@@ -30,15 +31,18 @@ DESCRIPTIONS = {"vit": "Vision Transformer", "cnn": "Small CNN"}  # by the check
 
 
 class ExportWrapper(nn.Module):
-    """The network with a softmax: outputs both logits and probabilities, so users need no extra code."""
+    """The network with its calibrated softmax: outputs both logits and probabilities, so users need no extra code.
 
-    def __init__(self, net: nn.Module):
+    As the Predictor computes them: logits averaged over the test-time shifts when `tta` (inside the graph), and
+    probabilities softmax(logits / temperature), the checkpoint's fitted temperature divided inside the graph."""
+
+    def __init__(self, net: nn.Module, temperature: float = 1.0, tta: bool = False):
         super().__init__()
-        self.net = net
+        self.net, self.temperature, self.tta = net, float(temperature), bool(tta)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.net(image)
-        return logits, logits.softmax(dim=-1)
+        logits = tta_logits(self.net, image) if self.tta else self.net(image)
+        return logits, (logits / self.temperature).softmax(dim=-1)
 
 
 def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
@@ -52,7 +56,11 @@ def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
         "input": (f"{INPUT_NAME}: float32 [batch, 1, 28, 28]; a 28x28 grayscale digit in the MNIST layout (white on "
                   "black, fit in 20x20, centred by centre of mass), scaled to [0, 1], then (x - normalize_mean) / "
                   "normalize_std. vit_mnist.data.preprocess.preprocess does all of this."),
-        "outputs": "logits: float32 [batch, classes]; probabilities: softmax of the logits",
+        "outputs": ("logits: float32 [batch, classes], the network's"
+                    + (" (averaged over the image and its four one-pixel shifts, edge-filled)" if predictor.tta else "")
+                    + "; probabilities: softmax(logits / temperature), calibrated"),
+        "temperature": repr(predictor.temperature),  # fitted on the validation split (1: not calibrated)
+        "tta": json.dumps(predictor.tta),
         "source_checkpoint": ckpt_path.name,
         "vit_mnist_version": __version__,
     }
@@ -103,12 +111,12 @@ def export_onnx(wrapper: ExportWrapper, path: Path, meta: dict[str, str], opset:
     onnx.save(model, str(path))
 
 
-def onnx_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
-    """Logits from onnxruntime on CPU."""
+def onnx_outputs(path: Path, x: torch.Tensor) -> list[np.ndarray]:
+    """Logits and probabilities from onnxruntime on CPU."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAMES[0]], {INPUT_NAME: x.numpy()})[0]
+    return session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -126,9 +134,10 @@ def export_torchscript(wrapper: ExportWrapper, path: Path, meta: dict[str, str])
         torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
 
 
-def torchscript_outputs(path: Path, x: torch.Tensor) -> np.ndarray:
+def torchscript_outputs(path: Path, x: torch.Tensor) -> list[np.ndarray]:
+    """Logits and probabilities from the TorchScript module."""
     with quiet(), torch.inference_mode():
-        return torch.jit.load(str(path), map_location="cpu")(x)[0].numpy()
+        return [out.numpy() for out in torch.jit.load(str(path), map_location="cpu")(x)]
 
 
 def check_opset(opset: int) -> None:
@@ -158,7 +167,7 @@ def export(ckpt_path: str | Path | None, fmt: str = "onnx", output: str | Path |
     if not target.parent.is_dir():
         raise UserError(f"The folder of output={target} does not exist: create it or choose another output path.")
     predictor = Predictor.from_checkpoint(ckpt)
-    wrapper = ExportWrapper(predictor.net).eval()
+    wrapper = ExportWrapper(predictor.net, predictor.temperature, predictor.tta).eval()
     meta = metadata(predictor, ckpt)
     started = time.perf_counter()
     # Write next to the target and move into place only after the check: never a wrong or half-written file.
@@ -182,8 +191,9 @@ def export(ckpt_path: str | Path | None, fmt: str = "onnx", output: str | Path |
         # Another batch size than the export's example, so the check also covers the dynamic batch axis.
         x = check_inputs(check_batch, 1, predictor.mean, predictor.std)
         with torch.inference_mode():
-            expected = wrapper(x)[0].numpy()
-        max_diff = float(np.abs(run_exported(tmp, x) - expected).max())
+            expected = [out.numpy() for out in wrapper(x)]
+        # both outputs: the logits, and the calibrated probabilities (temperature and test-time shifts included)
+        max_diff = max(float(np.abs(got - want).max()) for got, want in zip(run_exported(tmp, x), expected, strict=True))
         if not max_diff <= atol:
             raise RuntimeError(
                 f"The exported {fmt} model differs from PyTorch by {max_diff:.2e} (more than atol={atol}) on "
@@ -206,6 +216,6 @@ def export_from_config(cfg: Any) -> dict[str, Any]:
                      float(cfg.atol))
     opset = f", opset {summary['opset']}" if summary["opset"] else ""
     print(f"wrote {summary['output']} ({summary['format']}{opset}, {summary['size_mb']} MB, "
-          f"{summary['seconds']} s); max |logit difference| to PyTorch on {summary['check_batch']} images: "
+          f"{summary['seconds']} s); max |difference| to PyTorch (logits, calibrated probabilities) on {summary['check_batch']} images: "
           f"{summary['max_abs_diff']:.2e}")
     return summary

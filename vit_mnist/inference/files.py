@@ -18,6 +18,7 @@ from vit_mnist.inference.predictor import Predictor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm"}
 OUTPUTS = ("table", "json")
+VERDICT_STYLE = {"confident": "{}", "unsure": "[yellow]{}[/yellow]", "out_of_domain": "[red]{}[/red]"}
 
 
 def expand_images(entries: Iterable[str]) -> list[str]:
@@ -43,7 +44,8 @@ def top_classes(probabilities: np.ndarray, class_names: list[str], k: int) -> li
 
 
 def predict_files(predictor: Predictor, files: list[str], layout: str = "auto", top_k: int = 3) -> list[dict[str, Any]]:
-    """One result per file: label, class name, probability and top-k, or an `error` for files that failed."""
+    """One result per file: label, class name, calibrated probability, verdict (`confident`, `unsure` or
+    `out_of_domain`, with a sentence for the last two) and top-k, or an `error` for files that failed."""
     results: list[dict[str, Any]] = [{"file": f} for f in files]
     inputs, ok = [], []
     for i, file in enumerate(files):
@@ -58,11 +60,12 @@ def predict_files(predictor: Predictor, files: list[str], layout: str = "auto", 
         inputs.append(x)
         ok.append(i)
     if inputs:
-        probabilities = predictor.probabilities(np.stack(inputs))
-        for i, p in zip(ok, probabilities, strict=True):
+        answers = predictor.answer(np.stack(inputs))
+        for i, p, verdict in zip(ok, answers.probabilities, answers.verdicts, strict=True):
             top = top_classes(p, predictor.class_names, top_k)
             results[i].update(label=top[0]["label"], class_name=top[0]["class_name"],
-                              probability=top[0]["probability"], top_k=top)
+                              probability=top[0]["probability"], verdict=verdict,
+                              message=predictor.message(p, verdict), top_k=top)
     return results
 
 
@@ -71,14 +74,15 @@ def print_table(results: list[dict[str, Any]], checkpoint: str) -> None:
     from rich.table import Table
 
     table = Table(caption=f"checkpoint: {checkpoint}")
-    for column in ("file", "label", "probability", f"top-{len(results[0].get('top_k', [])) or 'k'}"):
+    for column in ("file", "label", "probability", "verdict", f"top-{len(results[0].get('top_k', [])) or 'k'}"):
         table.add_column(column, overflow="fold")
     for r in results:
         if "error" in r:
-            table.add_row(r["file"], "[red]error[/red]", "", f"[red]{r['error']}[/red]")
+            table.add_row(r["file"], "[red]error[/red]", "", "", f"[red]{r['error']}[/red]")
         else:
             top = ", ".join(f"{t['class_name']} {t['probability']:.3f}" for t in r["top_k"])
-            table.add_row(r["file"], r["class_name"], f"{r['probability']:.3f}", top)
+            verdict = VERDICT_STYLE[r["verdict"]].format(r["message"] or r["verdict"])
+            table.add_row(r["file"], r["class_name"], f"{r['probability']:.3f}", verdict, top)
     Console(soft_wrap=False).print(table)
 
 

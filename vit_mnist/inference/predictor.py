@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +12,41 @@ import torch
 from vit_mnist.data.preprocess import ImageSource, preprocess
 from vit_mnist.data.sources import is_handwritten
 from vit_mnist.errors import UserError
+from vit_mnist.models.tta import tta_logits
+from vit_mnist.robustness_suite.ood import MIN_CONFIDENCE, VERDICTS, logits_and_features
 from vit_mnist.training.checkpoints import load_module
 from vit_mnist.training.module import ViTClassifier
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What the model says about a batch: calibrated probabilities (B, K) and a verdict for each image."""
+
+    probabilities: np.ndarray  # float64 (B, K), softmax(logits / temperature)
+    verdicts: list[str]  # "confident", "unsure" or "out_of_domain" (vit_mnist.robustness_suite.ood.VERDICTS)
+
+
+def kind_of_image(dataset: str, handwritten: bool) -> str:
+    """What the model's images are, for the verdict's words: "digit", "garment" or "image of its classes"."""
+    return "digit" if handwritten else "garment" if "fashion" in dataset.lower() else "image of its classes"
+
+
+def verdict_message(verdict: str, candidates: list[str], kind: str) -> str:
+    """The verdict in a sentence for people: empty when the answer stands."""
+    if verdict == "out_of_domain":
+        return f"That doesn't look like a {kind}."
+    if verdict == "unsure":
+        return f"Not sure: {' or '.join(candidates)}?"
+    return ""
+
 
 class Predictor:
-    """A checkpoint's network (ViT or CNN) with its class names and normalisation: images in, probabilities out."""
+    """A checkpoint's network (ViT or CNN) with its class names and normalisation: images in, probabilities out.
+
+    The probabilities are the test metrics': logits averaged over test-time shifts when the checkpoint's run has
+    `tta: true`, divided by the checkpoint's fitted temperature (1 for a checkpoint without one), softmax."""
 
     def __init__(self, module: ViTClassifier, source: str = ""):
         self.net = module.net.eval()
@@ -30,7 +61,16 @@ class Predictor:
         self.dataset = str(module.hparams.get("dataset", ""))
         self.handwritten = is_handwritten(self.dataset)  # users' images get MNIST's layout
         self.arch = module.arch  # "vit" or "cnn": which network the checkpoint holds
+        self.tta = bool(module.hparams.get("tta", False))
+        self.temperature = float(module.temperature)
         self.source = str(source)
+        # The verdicts' detector (fitted after training); without one, `unsure` below MIN_CONFIDENCE only.
+        self.detector = module.ood_detector
+        self.kind = kind_of_image(self.dataset, self.handwritten)
+        if self.detector is None:
+            log.warning("The checkpoint %s holds no out-of-domain detector (it was trained before verdicts existed, "
+                        "or with verdicts=false): no answer is called out_of_domain, and `unsure` means a top "
+                        "probability below %.2f. Retrain to get both.", self.source, MIN_CONFIDENCE)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None) -> Predictor:
@@ -40,8 +80,36 @@ class Predictor:
         """An image -> (normalised float32 (1, 28, 28), the uint8 (28, 28) the model sees)."""
         return preprocess(image, self.mean, self.std, layout, self.handwritten)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 1, 28, 28) -> the logits the test metrics use (B, num_classes), before calibration."""
+        return tta_logits(self.net, x) if self.tta else self.net(x)
+
     @torch.inference_mode()
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Normalised float32 (B, 1, 28, 28) -> softmax probabilities (B, num_classes) as float64."""
-        logits = self.net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        return logits.double().softmax(dim=-1).numpy()
+        """Normalised float32 (B, 1, 28, 28) -> calibrated softmax probabilities (B, num_classes) as float64."""
+        logits = self.logits(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        return (logits.double() / self.temperature).softmax(dim=-1).numpy()
+
+    @torch.inference_mode()
+    def answer(self, batch: np.ndarray) -> Answers:
+        """Normalised float32 (B, 1, 28, 28) -> calibrated probabilities and a verdict for each image."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        features = self.detector is not None and self.detector.needs_features
+        logits, feats = logits_and_features(self.net, x, self.tta, features)
+        probs = (logits.double() / self.temperature).softmax(dim=-1)
+        if self.detector is None:
+            verdicts = [VERDICTS[1] if p < MIN_CONFIDENCE else VERDICTS[0] for p in probs.max(dim=-1).values.tolist()]
+        else:
+            verdicts = self.detector.verdicts(probs, self.detector.scores(logits.double(), feats))
+        return Answers(probs.numpy(), verdicts)
+
+    def candidates(self, probabilities: np.ndarray, verdict: str) -> list[str]:
+        """The two most probable class names of an `unsure` answer (empty otherwise), most probable first."""
+        if verdict != "unsure":
+            return []
+        return [self.class_names[i] for i in np.argsort(-probabilities, kind="stable")[:2]]
+
+    def message(self, probabilities: np.ndarray, verdict: str) -> str:
+        """The verdict in a sentence for people (empty for `confident`)."""
+        return verdict_message(verdict, self.candidates(probabilities, verdict), self.kind)
+

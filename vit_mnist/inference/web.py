@@ -104,7 +104,8 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, layout: str = "
     model_lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on small CPUs
     # model / model_name: the page says which network answers (vit or cnn), so a comparison is visible.
     info = {"dataset": predictor.dataset, "class_names": predictor.class_names,
-            "checkpoint": Path(predictor.source).name, "model": predictor.arch, "model_name": model_name}
+            "checkpoint": Path(predictor.source).name, "model": predictor.arch, "model_name": model_name,
+            "temperature": predictor.temperature}  # the probabilities are calibrated: softmax(logits / temperature)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -137,18 +138,21 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, layout: str = "
         else:
             source = body
 
-        def work() -> tuple[np.ndarray, np.ndarray]:
+        def work() -> tuple[np.ndarray, Any]:
             try:
                 pixels = to_mnist_layout(load_image(source), layout, predictor.handwritten)
             except UserError as e:
                 raise ApiError(422, " ".join(str(e).split())) from e
             x = normalize(pixels, predictor.mean, predictor.std)[None, None]
             with model_lock:
-                return pixels, predictor.probabilities(x)[0]
+                return pixels, predictor.answer(x)
 
-        pixels, probabilities = await run_in_threadpool(work)
+        pixels, answers = await run_in_threadpool(work)
+        probabilities, verdict = answers.probabilities[0], answers.verdicts[0]
         label = int(np.argmax(probabilities))
         return {"label": label, "class_name": predictor.class_names[label],
+                "verdict": verdict, "message": predictor.message(probabilities, verdict),
+                "candidates": predictor.candidates(probabilities, verdict),
                 "probabilities": [round(float(p), 6) for p in probabilities],
                 "class_names": predictor.class_names, "image": pixels.tolist()}
 

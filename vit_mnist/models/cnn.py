@@ -123,6 +123,12 @@ class SmallCNN(nn.Module):
         pooled = self.features(self.input_norm(x)).mean(dim=(2, 3))  # global average pool; exports to ONNX as ReduceMean
         return self.head(self.drop(pooled))
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """In one pass, the logits `forward` gives and the pooled (B, C) features the head reads (out-of-domain
+        scores)."""
+        pooled = self.features(self.input_norm(x)).mean(dim=(2, 3))
+        return self.head(self.drop(pooled)), pooled
+
     @torch.no_grad()
     def class_activation_maps(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Class activation maps (Zhou et al., 2016) of `classes` (B,), shape (B, h, w), each scaled to max 1.

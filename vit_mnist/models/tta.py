@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 # (dy, dx) in pixels: the image itself and its four one-pixel neighbours.
 SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
@@ -16,10 +15,12 @@ def shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     if dy == 0 and dx == 0:
         return images
     H, W = images.shape[-2:]
-    pad = max(abs(dy), abs(dx))
-    # Replicated edges are background on MNIST-family images, whatever the normalisation made of it.
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    return padded[..., pad - dy:pad - dy + H, pad - dx:pad - dx + W]
+    # Replicated edges are background on MNIST-family images, whatever the normalisation made of it. Output pixel
+    # (i, j) is input pixel (i - dy, j - dx) clamped to the image: a replicate pad, written as two gathers so that
+    # the ONNX export holds it at every opset (the exporter cannot convert its Pad below opset 18).
+    rows = (torch.arange(H, device=images.device) - dy).clamp(0, H - 1)
+    cols = (torch.arange(W, device=images.device) - dx).clamp(0, W - 1)
+    return images.index_select(-2, rows).index_select(-1, cols)
 
 
 def tta_logits(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,

@@ -451,6 +451,16 @@ class VisionTransformer(nn.Module):
         tokens, _ = self.forward_features(x)
         return self.head(self.forward_head(tokens, pre_logits=True)), self.forward_dist_head(tokens)
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """In one pass, the logits `forward` gives (the same operations, the same numbers) and the features the heads
+        read: the pooled (B, D), with a distillation token (B, 2D) with its token beside them (out-of-domain scores)."""
+        tokens, _ = self.forward_features(x)
+        pooled = self.forward_head(tokens, pre_logits=True)
+        logits, dist_logits = self.head(pooled), self.forward_dist_head(tokens)
+        if dist_logits is None:
+            return logits, pooled
+        return (logits + dist_logits) / 2, torch.cat([pooled, tokens[:, self.num_prefix_tokens - 1]], dim=1)
+
     def forward(self, x: torch.Tensor,
                 return_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor | None]]:
         """Logits of shape (B, num_classes); with `return_attention`, also each block's (B, heads, N, N) weights."""

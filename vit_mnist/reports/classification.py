@@ -76,8 +76,11 @@ def report_markdown(report: dict[str, Any], title: str = "Classification report"
     lines = [f"# {title}", "", "| class | precision | recall | f1 | support |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {' | '.join(row)} |" for row in _report_rows(report)]
     lines += ["", f"- accuracy: {report['accuracy']:.4f} ({report['num_samples']} images)",
-              f"- expected calibration error: {report['ece']:.4f} ({report['calibration_bins']} bins)", ""]
-    return "\n".join(lines)
+              f"- expected calibration error: {report['ece']:.4f} ({report['calibration_bins']} bins)"]
+    if "ece_raw" in report:
+        lines.append(f"- before calibration (temperature 1): {report['ece_raw']:.4f}; the probabilities above are "
+                     f"softmax(logits / {report['temperature']:.4g})")
+    return "\n".join(lines + [""])
 
 
 def print_report(report: dict[str, Any], title: str = "Classification report") -> None:
@@ -85,8 +88,9 @@ def print_report(report: dict[str, Any], title: str = "Classification report") -
     from rich.console import Console
     from rich.table import Table
 
+    raw = f" (before calibration {report['ece_raw']:.4f})" if "ece_raw" in report else ""
     table = Table(title=title, caption=f"accuracy {report['accuracy']:.4f} on {report['num_samples']} images, "
-                                       f"ECE {report['ece']:.4f}")
+                                       f"ECE {report['ece']:.4f}{raw}")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     rows = _report_rows(report)
@@ -100,7 +104,18 @@ def summary_metrics(callback_metrics: dict[str, Any], results: dict[str, torch.T
     metrics: dict[str, Any] = {k: float(v) for k, v in callback_metrics.items() if k.startswith(f"{prefix}/")}
     for key in ("precision", "recall", "f1"):
         metrics[f"{prefix}/{key}_per_class"] = [round(float(x), 6) for x in results[key]]
+    if "temperature" in results:  # the probabilities were softmax(logits / temperature)
+        metrics["calibration/temperature"] = float(results["temperature"])
     return metrics
+
+
+def calibration_summary(raw_probs: torch.Tensor, targets: torch.Tensor, temperature: Any,
+                        n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """The report's entries for the probabilities before temperature scaling: their ECE, and the temperature."""
+    k = raw_probs.shape[1]
+    return {"ece_raw": float(multiclass_calibration_error(raw_probs.float(), targets.long(), k, n_bins=n_bins,
+                                                          norm="l1")),
+            "temperature": float(temperature) if temperature is not None else 1.0}
 
 
 def tensorboard_writers(loggers: Sequence[Any]) -> list[Any]:
@@ -135,6 +150,9 @@ def write_test_reports(
     paths = {name.replace(".", "_"): out_dir / name for name in REPORT_FILES}
     probs, targets = results["probs"], results["targets"]
     report = {"split": split, **build_report(probs, targets, class_names)}
+    raw_probs = results.get("raw_probs")
+    if raw_probs is not None:  # before and after temperature scaling
+        report.update(calibration_summary(raw_probs, targets, results.get("temperature"), report["calibration_bins"]))
     title = f"Classification report ({split} split)"
     markdown = report_markdown(report, title)
     write_json(paths["classification_report_json"], report)
@@ -147,7 +165,8 @@ def write_test_reports(
     save_figure(misclassified_figure(results.get("wrong_images", empty), results.get("wrong_targets", empty),
                                      results.get("wrong_preds", empty), results.get("wrong_confidence", empty),
                                      class_names), paths["misclassified_png"])
-    save_figure(calibration_figure(probs, targets, report["ece"], report["calibration_bins"]), paths["calibration_png"])
+    save_figure(calibration_figure(probs, targets, report["ece"], report["calibration_bins"], raw_probs,
+                                   report.get("ece_raw"), report.get("temperature")), paths["calibration_png"])
     save_figure(attention_figure(results.get("example_images", empty), results.get("example_maps", empty),
                                  results.get("example_targets", empty), results.get("example_preds", empty),
                                  class_names, map_title), paths["attention_png"])

@@ -102,14 +102,13 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -
     return edges, mean_conf, accuracy, counts
 
 
-def calibration_figure(probs: torch.Tensor, targets: torch.Tensor, ece: float, n_bins: int = 15) -> plt.Figure:
-    """Reliability diagram: accuracy per confidence bin against the diagonal, with the confidence histogram."""
+def _reliability_panel(top: plt.Axes, bottom: plt.Axes, probs: torch.Tensor, targets: torch.Tensor, title: str,
+                       n_bins: int) -> None:
+    """One reliability diagram: accuracy per confidence bin against the diagonal, the confidence histogram below."""
     confidence, preds = probs.max(dim=1)
     correct = (preds == targets).numpy()
     edges, mean_conf, accuracy, counts = reliability_bins(confidence.numpy().astype(np.float64), correct, n_bins)
     width = edges[1] - edges[0]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=[3, 1],
-                                      constrained_layout=True)
     filled = counts > 0
     top.bar(edges[:-1][filled], accuracy[filled], width=width, align="edge", color="tab:blue", edgecolor="black",
             label="accuracy")
@@ -118,13 +117,32 @@ def calibration_figure(probs: torch.Tensor, targets: torch.Tensor, ece: float, n
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1)
-    top.set_title(f"Reliability diagram (ECE {ece:.4f}, {n_bins} bins)")
+    top.set_title(title)
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(edges[:-1], counts, width=width, align="edge", color="gray", edgecolor="black")
     bottom.set_yscale("log")  # a good model puts most images in the top bin
     bottom.set_xlabel("confidence (top-class probability)")
     bottom.set_ylabel("images")
     bottom.set_xlim(0, 1)
+
+
+def calibration_figure(probs: torch.Tensor, targets: torch.Tensor, ece: float, n_bins: int = 15,
+                       raw_probs: torch.Tensor | None = None, raw_ece: float | None = None,
+                       temperature: float | None = None) -> plt.Figure:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with the confidence histogram. Given
+    the probabilities before temperature scaling too (`raw_probs`, `raw_ece`), before and after side by side."""
+    if raw_probs is None:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, height_ratios=[3, 1],
+                                          constrained_layout=True)
+        _reliability_panel(top, bottom, probs, targets, f"Reliability diagram (ECE {ece:.4f}, {n_bins} bins)", n_bins)
+        return fig
+    fig, axes = plt.subplots(2, 2, figsize=(10.5, 6.5), sharex=True, height_ratios=[3, 1], constrained_layout=True)
+    after = f"temperature {temperature:.3g}" if temperature is not None else "calibrated"
+    _reliability_panel(axes[0, 0], axes[1, 0], raw_probs, targets,
+                       f"Before calibration (ECE {raw_ece:.4f})" if raw_ece is not None else "Before calibration",
+                       n_bins)
+    _reliability_panel(axes[0, 1], axes[1, 1], probs, targets, f"After: {after} (ECE {ece:.4f})", n_bins)
+    fig.suptitle(f"Reliability diagrams ({n_bins} bins)")
     return fig
 
 

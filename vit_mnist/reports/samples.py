@@ -46,14 +46,19 @@ class ReportSamples:
 
     def reset(self) -> None:
         self._probs: list[torch.Tensor] = []
+        self._raw_probs: list[torch.Tensor] = []  # before calibration, when given
         self._targets: list[torch.Tensor] = []
         self._wrong: dict[str, torch.Tensor] | None = None
         self._examples: dict[str, torch.Tensor] | None = None
 
-    def update(self, images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add one batch: images as pixels in [0, 1] (B, C, H, W), class probabilities (B, K), labels (B,)."""
+    def update(self, images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
+               raw_probs: torch.Tensor | None = None) -> None:
+        """Add one batch: images as pixels in [0, 1] (B, C, H, W), class probabilities (B, K), labels (B,), and
+        optionally the probabilities before calibration (B, K)."""
         probs, targets = probs.detach().float().cpu(), targets.detach().cpu()
         self._probs.append(probs)
+        if raw_probs is not None:
+            self._raw_probs.append(raw_probs.detach().float().cpu())
         self._targets.append(targets)
         confidence, preds = probs.max(dim=1)
         wrong = preds != targets
@@ -82,13 +87,16 @@ class ReportSamples:
         self._examples = _cat([self._examples, batch])
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Everything collected, from all processes: probs, targets, wrong_* and example_* tensors."""
-        states = _gather((self._probs, self._targets, self._wrong, self._examples))
+        """Everything collected, from all processes: probs (raw_probs when given), targets, wrong_* and example_*."""
+        states = _gather((self._probs, self._targets, self._wrong, self._examples, self._raw_probs))
         # With DDP the sampler pads the last batch by repeating images: the same few are counted twice, as in
         # torchmetrics' own synced metrics, so the report and the logged metrics still agree.
         all_probs, all_targets = [p for s in states for p in s[0]], [t for s in states for t in s[1]]
         out = {"probs": torch.cat(all_probs) if all_probs else torch.empty(0, 0),
                "targets": torch.cat(all_targets).long() if all_targets else torch.empty(0, dtype=torch.long)}
+        all_raw = [p for s in states for p in s[4]]
+        if all_raw and len(torch.cat(all_raw)) == len(out["probs"]):
+            out["raw_probs"] = torch.cat(all_raw)
         wrong = _most_confident([s[2] for s in states], self.top_wrong)
         if wrong is not None:
             out.update({f"wrong_{k}": v for k, v in wrong.items()})

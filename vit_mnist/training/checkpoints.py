@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +87,10 @@ def trained_dataset(ckpt: dict[str, Any]) -> str:
     return str(ckpt["hyper_parameters"].get("dataset") or recorded.get("name") or "mnist")
 
 
-def module_from_checkpoint(ckpt: dict[str, Any], path: str | Path, key: str = "ckpt_path") -> ViTClassifier:
-    """The `ViTClassifier` whose hyperparameters and weights `ckpt` (read by `read_checkpoint`) holds, on the CPU in eval
-    mode; a `UserError` when they do not fit together."""
+def module_from_checkpoint(ckpt: dict[str, Any], path: str | Path, key: str = "ckpt_path",
+                           warn_uncalibrated: bool = True) -> ViTClassifier:
+    """The `ViTClassifier` whose hyperparameters, weights and temperature `ckpt` (read by `read_checkpoint`) holds, on
+    the CPU in eval mode; a `UserError` when they do not fit together."""
     try:
         module = ViTClassifier(**ckpt["hyper_parameters"])
         module.load_state_dict(ckpt["state_dict"])
@@ -96,9 +100,27 @@ def module_from_checkpoint(ckpt: dict[str, Any], path: str | Path, key: str = "c
             f"({str(e).splitlines()[0]}). The file was edited or comes from another version of vit-mnist; "
             "retrain or give another checkpoint."
         ) from e
+    # temperature 1 for checkpoints without one, said once (not while the train job is calibrating this one)
+    module.load_calibration(ckpt, source=str(path), warn=warn_uncalibrated)
+    module.load_detector(ckpt)  # the out-of-domain detector and verdict thresholds, when it has them
     return module.eval()
 
 
 def load_module(path: str | Path | None, key: str = "ckpt_path") -> ViTClassifier:
     """The `ViTClassifier` saved in a training checkpoint, on the CPU in eval mode."""
     return module_from_checkpoint(read_checkpoint(path, key), path, key)
+
+
+def write_checkpoint(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Replace the checkpoint file `path` with `ckpt` atomically (a reader sees the old file or the new one, never
+    half of one), keeping the file's permissions."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

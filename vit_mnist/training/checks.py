@@ -12,6 +12,7 @@ from vit_mnist.data.datamodule import check_loader_options
 from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import network_config
+from vit_mnist.robustness_suite.ood import check_score
 from vit_mnist.runtime.hardware import warn_if_slow_bf16
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options
@@ -44,6 +45,7 @@ def validate(cfg: DictConfig) -> None:
     check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 1000), d.get("val_size", 5000),
                          d.get("num_workers", 0))
     check_training_options(cfg)
+    check_score(cfg.get("ood_score"))  # the verdicts' out-of-domain score, fitted after training
     check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
     ema = (cfg.get("callbacks") or {}).get("ema")
     if ema:

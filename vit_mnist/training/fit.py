@@ -22,8 +22,10 @@ from vit_mnist.robustness_suite.after_training import measure_after_training
 from vit_mnist.runtime.build import build_trainer, instantiate_group
 from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
+from vit_mnist.training.calibration import calibrate
 from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.checks import check_before_run
+from vit_mnist.training.detector import fit_verdicts
 from vit_mnist.training.distributed import RankSeed, hydra_ddp_job
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.training.teacher import load_teacher
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 # metrics.json keys that the TensorBoard HParams tab and the printed summary show, when the run has them
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen", "test/other_writers",
                   "test/pen_photos")
-SUMMARY_KEYS = ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/mca", "test/mca_unseen",
+SUMMARY_KEYS = ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/ece", "calibration/temperature",
+                "test/mca", "test/mca_unseen",
                 "test/other_writers", "test/pen_photos", "num_parameters", "epochs", "train_images_per_s",
                 "teacher_share", "wall_time_s", "best_checkpoint")
 
@@ -116,6 +119,10 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_count else math.nan
     metrics: dict[str, Any] = {"val/acc_best": val_best}
+    if cfg.get("calibrate", True):  # the temperature goes into the best checkpoint, before it is tested
+        metrics.update(calibrate(trainer, module, datamodule, best))
+    if cfg.get("verdicts", True):  # at the fitted temperature: after it, into the same checkpoint
+        metrics.update(fit_verdicts(trainer, module, datamodule, best, cfg.get("ood_score"), cfg.get("robustness_images")))
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
@@ -175,7 +182,8 @@ def print_summary(metrics: dict, out_dir: Path) -> None:
     for key in SUMMARY_KEYS:
         if key in metrics:
             value = metrics[key]
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) and key.startswith(("val", "test")) else str(value))
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) and key.startswith(("val", "test", "calibration"))
+                          else str(value))
     console = Console(stderr=False)
     console.print(table)
     console.print(f"run folder: {out_dir}", soft_wrap=True)

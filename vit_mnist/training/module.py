@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -10,6 +11,7 @@ import hydra
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import ConfusionMatrix, MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -24,8 +26,11 @@ from vit_mnist.errors import UserError
 from vit_mnist.models.registry import MAP_TITLES, build_network, model_arch, relevance_maps
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.reports.samples import CALIBRATION_BINS, ReportSamples
+from vit_mnist.robustness_suite.ood import CHECKPOINT_KEY as DETECTOR_KEY, OODDetector
 from vit_mnist.models.tta import tta_logits
 from vit_mnist.training.distill import distillation_loss
+
+log = logging.getLogger(__name__)
 
 
 def _plain(cfg: Any) -> Any:
@@ -96,6 +101,16 @@ class ViTClassifier(LightningModule):
         )
         # Fed probabilities: given logits that happen to lie in [0, 1] it would take them for probabilities.
         self.test_ece = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS, norm="l1")
+        # ..._raw: the network's own softmax, before temperature scaling (vit_mnist.training.calibration)
+        self.test_ece_raw = MulticlassCalibrationError(num_classes, n_bins=CALIBRATION_BINS, norm="l1")
+        self.test_nll, self.test_nll_raw = MeanMetric(), MeanMetric()
+        # Temperature scaling: probabilities are softmax(logits / temperature). Kept in the checkpoint's
+        # "calibration" entry, not in the state dict, so that checkpoints from before it still load strictly.
+        self.temperature: float = 1.0
+        self.calibration: dict[str, Any] | None = None
+        # The out-of-domain detector and verdict thresholds fitted after training (vit_mnist.training.detector);
+        # like the temperature, a checkpoint entry of its own. None: the checkpoint has none.
+        self.ood_detector: OODDetector | None = None
         self.test_samples = ReportSamples()  # per-image outputs for the report figures
         self.eval_prefix = "test"  # the test stage's metric names; evaluate sets "val" to test the val split
         self.test_results: dict[str, torch.Tensor] = {}
@@ -116,6 +131,51 @@ class ViTClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def set_calibration(self, calibration: dict[str, Any] | None) -> None:
+        """Use a fitted calibration ({"temperature": T, ...}; None: temperature 1), saved with every checkpoint."""
+        temperature = float(calibration["temperature"]) if calibration else 1.0
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise UserError(f"The checkpoint's calibration temperature {temperature} is not a positive number: the "
+                            "file was edited or is damaged. Retrain, or give another checkpoint.")
+        self.calibration = dict(calibration) if calibration else None
+        self.temperature = temperature
+
+    def load_calibration(self, checkpoint: dict[str, Any], source: str = "", warn: bool = True) -> None:
+        """The temperature a checkpoint holds; a checkpoint without one (written before calibration existed, or
+        trained with `calibrate=false`) gets temperature 1 and, with `warn`, one log warning saying so."""
+        calibration = checkpoint.get("calibration")
+        if isinstance(calibration, dict) and "temperature" in calibration:
+            self.set_calibration(calibration)
+            return
+        self.set_calibration(None)
+        if warn:
+            log.warning("The checkpoint %sholds no calibration (it was written before temperature scaling existed, "
+                        "or trained with calibrate=false): its probabilities are the network's own softmax "
+                        "(temperature 1) and may be over- or under-confident. Retrain to calibrate it.",
+                        f"{source} " if source else "")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.calibration:
+            checkpoint["calibration"] = dict(self.calibration)
+        if self.ood_detector is not None:
+            checkpoint[DETECTOR_KEY] = self.ood_detector.state_dict()
+
+    def load_detector(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's out-of-domain detector (None when it has none); a `UserError` when it is damaged."""
+        state = checkpoint.get(DETECTOR_KEY)
+        self.ood_detector = OODDetector.from_state(state) if state is not None else None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # resuming a fit from a checkpoint written before the calibration (last.ckpt) is no reason to warn
+        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        self.load_calibration(checkpoint, warn=not fitting)
+        self.load_detector(checkpoint)
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits the test metrics and the fitted temperature use: averaged over test-time shifts when the
+        run was configured with `tta: true`."""
+        return tta_logits(self, images) if self.hparams.get("tta", False) else self(images)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], tta: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -177,19 +237,25 @@ class ViTClassifier(LightningModule):
         self.test_loss(loss)
         self.test_metrics.update(logits, labels)
         self.log(f"{self.eval_prefix}/loss", self.test_loss, on_step=False, on_epoch=True)
-        probs = logits.float().softmax(dim=-1)
+        logits = logits.float()
+        scaled = logits / self.temperature  # what people see: calibrated probabilities
+        self.test_nll.update(F.cross_entropy(scaled, labels, reduction="none"))
+        self.test_nll_raw.update(F.cross_entropy(logits, labels, reduction="none"))
+        probs, raw_probs = scaled.softmax(dim=-1), logits.softmax(dim=-1)
         self.test_ece.update(probs, labels)
-        self._collect_samples(batch[0], probs, labels)
+        self.test_ece_raw.update(raw_probs, labels)
+        self._collect_samples(batch[0], probs, labels, raw_probs)
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Undo the input normalisation: pixels in [0, 1] for pictures."""
         norm = self.hparams.normalize
         return (images * norm["std"] + norm["mean"]).clamp(0.0, 1.0) if norm else images
 
-    def _collect_samples(self, images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Keep what the report figures need: probabilities, the most confidently wrong images, relevance maps
-        (attention rollout for the ViT, class activation maps for the CNN)."""
-        self.test_samples.update(self._pixels(images), probs, labels)
+    def _collect_samples(self, images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
+                         raw_probs: torch.Tensor | None = None) -> None:
+        """Keep what the report figures need: probabilities (calibrated, and before calibration), the most
+        confidently wrong images, relevance maps (attention rollout for the ViT, class activation maps for the CNN)."""
+        self.test_samples.update(self._pixels(images), probs, labels, raw_probs)
         pick = self.test_samples.missing_examples(labels).to(images.device)
         if len(pick):  # the maps are computed only for these few images
             preds = probs[pick].argmax(dim=-1)
@@ -203,11 +269,15 @@ class ViTClassifier(LightningModule):
     def on_test_epoch_end(self) -> None:
         results = self.test_metrics.compute()  # synced across ranks
         self.test_metrics.reset()
-        results["ece"] = self.test_ece.compute()
-        self.test_ece.reset()
+        for name in ("ece", "ece_raw", "nll", "nll_raw"):
+            metric = getattr(self, f"test_{name}")
+            results[name] = metric.compute()  # synced across ranks
+            metric.reset()
         self.log(f"{self.eval_prefix}/acc", results["acc"], sync_dist=False)
         self.log(f"{self.eval_prefix}/f1_macro", results["f1_macro"], sync_dist=False)
-        self.log(f"{self.eval_prefix}/ece", results["ece"], sync_dist=False)
+        for name in ("ece", "ece_raw", "nll", "nll_raw"):  # ece, nll: calibrated; *_raw: before calibration
+            self.log(f"{self.eval_prefix}/{name}", results[name], sync_dist=False)
+        results["temperature"] = torch.tensor(self.temperature, dtype=torch.float64)
         self.test_results = {k: v.detach().cpu() for k, v in results.items()}
         self.test_results.update(self.test_samples.compute())  # gathered from every process
         self.test_samples.reset()

@@ -10,6 +10,7 @@ const ctx = pad.getContext("2d");
 const seen = document.getElementById("seen").getContext("2d");
 const labelEl = document.getElementById("pred-label");
 const confidenceEl = document.getElementById("pred-confidence");
+const verdictEl = document.getElementById("pred-verdict");
 const statusEl = document.getElementById("status");
 const barsEl = document.getElementById("bars");
 
@@ -61,8 +62,22 @@ function buildBars() {
 
 function showResult(result) {
   const probabilities = result.probabilities;
-  labelEl.textContent = result.class_name;
-  confidenceEl.textContent = `${(100 * probabilities[result.label]).toFixed(1)}% sure`;
+  // The verdict decides what the answer says: a digit, two candidates, or not a digit at all. The server words
+  // the message; the probability shown is the calibrated one.
+  const verdict = result.verdict || "confident";
+  document.body.dataset.verdict = verdict;
+  verdictEl.textContent = verdict === "confident" ? "" : result.message || "";
+  verdictEl.className = `verdict ${verdict}`;
+  if (verdict === "out_of_domain") {
+    labelEl.textContent = "?";
+    confidenceEl.textContent = "";
+  } else if (verdict === "unsure") {
+    labelEl.textContent = (result.candidates || [result.class_name]).join(" or ") + "?";
+    confidenceEl.textContent = `${(100 * probabilities[result.label]).toFixed(1)}% for ${result.class_name}`;
+  } else {
+    labelEl.textContent = result.class_name;
+    confidenceEl.textContent = `${(100 * probabilities[result.label]).toFixed(1)}% sure`;
+  }
   barsEl.querySelectorAll(".bar").forEach((bar, i) => {
     const p = probabilities[i] ?? 0;
     bar.dataset.probability = String(p);
@@ -82,6 +97,8 @@ function showResult(result) {
 function clearResult() {
   labelEl.textContent = "–";
   confidenceEl.textContent = "";
+  verdictEl.textContent = "";
+  delete document.body.dataset.verdict;
   buildBars();
   seen.clearRect(0, 0, 28, 28);
 }

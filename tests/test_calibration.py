@@ -1,0 +1,267 @@
+"""Temperature scaling: the fit, the training run that stores it, and every place that applies it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from fastapi.testclient import TestClient
+from PIL import Image
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from tests.conftest import TINY, compose_config
+from tests.deploy_helpers import tiny_checkpoint
+from tests.synthetic import laid_out
+from vit_mnist import load_model
+from vit_mnist.data import MNISTDataModule, load_split
+from vit_mnist.errors import UserError
+from vit_mnist.evaluation.evaluate import evaluate
+from vit_mnist.inference import Predictor
+from vit_mnist.inference.export import export, read_onnx_metadata
+from vit_mnist.inference.files import predict_files
+from vit_mnist.inference.web import create_app
+from vit_mnist.models.tta import tta_logits
+from vit_mnist.training.calibration import fit_temperature, nll
+from vit_mnist.training.checkpoints import load_module, read_checkpoint, write_checkpoint
+from vit_mnist.training.fit import train
+from vit_mnist.training.module import ViTClassifier
+
+TEMPERATURE = 2.5  # written into a copy of the tiny checkpoint: far enough from 1 to change every probability
+NO_CALIBRATION = "holds no calibration"  # the words of the one warning for a checkpoint without a temperature
+
+
+def synthetic_logits(temperature: float, n: int = 20_000, k: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels drawn from softmax(logits / temperature): `temperature` is the calibrating one."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 4.0 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    labels = torch.multinomial((logits / temperature).softmax(dim=1), 1, generator=g)[:, 0]
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.5])
+def test_fit_recovers_a_known_temperature(true_temperature: float) -> None:
+    logits, labels = synthetic_logits(true_temperature)
+    fitted = fit_temperature(logits.float(), labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    assert fit_temperature(logits.float(), labels) == fitted  # deterministic
+    # the minimum: no better at the true temperature, and better than both neighbours and T = 1
+    assert nll(logits, labels, fitted) <= nll(logits, labels, true_temperature) + 1e-9
+    for other in (0.97 * fitted, 1.03 * fitted, 1.0):
+        assert nll(logits, labels, fitted) < nll(logits, labels, other)
+
+
+def test_fit_without_an_optimum_keeps_temperature_one(caplog: pytest.LogCaptureFixture) -> None:
+    logits, _ = synthetic_logits(1.0, n=500)
+    with caplog.at_level(logging.WARNING):
+        # every label the arg max: the NLL keeps falling as T -> 0; every label the arg min: T -> infinity
+        assert fit_temperature(logits, logits.argmax(dim=1)) == 1.0
+        assert fit_temperature(logits, logits.argmin(dim=1)) == 1.0
+    assert [r.getMessage().startswith("No temperature to fit") for r in caplog.records] == [True, True]
+    with pytest.raises(ValueError, match="NaN"):
+        fit_temperature(torch.full((3, 10), float("nan")), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="N > 0"):
+        fit_temperature(torch.zeros(3, 10), torch.zeros(2, dtype=torch.long))
+
+
+class Collect(logging.Handler):
+    """The messages logged while it is attached."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A short run with test-time shifts, stopped early so that its validation split is not classified perfectly."""
+    out = tmp_path_factory.mktemp("calibrated")
+    cfg = compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=6",
+                                 "tta=true", "logger=csv"], out)
+    warnings = Collect(level=logging.WARNING)
+    logging.getLogger("vit_mnist").addHandler(warnings)
+    try:
+        metrics = train(cfg)
+    finally:
+        logging.getLogger("vit_mnist").removeHandler(warnings)
+    assert not [m for m in warnings.messages if NO_CALIBRATION in m]  # the run's own checkpoint is not "old"
+    return out, metrics
+
+
+def test_training_fits_the_temperature_on_validation_and_tests_with_it(calibrated_run: tuple[Path, dict],
+                                                                         data_dir: Path) -> None:
+    out, metrics = calibrated_run
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("calibration/temperature", "calibration/val_nll", "calibration/val_nll_raw", "test/ece",
+                "test/ece_raw", "test/nll", "test/nll_raw"):
+        assert saved[key] == pytest.approx(metrics[key]), key
+    temperature = metrics["calibration/temperature"]
+    assert abs(temperature - 1.0) > 1e-3 and metrics["calibration/val_nll"] < metrics["calibration/val_nll_raw"]
+    stored = read_checkpoint(metrics["best_checkpoint"])["calibration"]
+    assert stored["temperature"] == temperature and stored["tta"] is True
+
+    # Independently: the validation split's logits with the test-time shifts give the same temperature ...
+    module = load_module(metrics["best_checkpoint"])
+    assert module.temperature == temperature
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=100, download=False)
+    dm.setup("fit")
+    dm.setup("test")
+    with torch.no_grad():
+        val_logits = tta_logits(module, dm.transform(dm.val_set.images))
+        test_logits = tta_logits(module, dm.transform(dm.test_set.images))
+    assert fit_temperature(val_logits, dm.val_set.labels) == pytest.approx(temperature, rel=1e-5)
+    # ... and the test metrics are those of softmax(logits / T), the raw ones those of the network's softmax
+    labels = dm.test_set.labels
+    assert metrics["test/nll"] == pytest.approx(F.cross_entropy(test_logits / temperature, labels).item(), rel=1e-4)
+    assert metrics["test/nll_raw"] == pytest.approx(F.cross_entropy(test_logits, labels).item(), rel=1e-4)
+    for key, logits in (("test/ece", test_logits / temperature), ("test/ece_raw", test_logits)):
+        ece = multiclass_calibration_error(logits.softmax(dim=1), labels, 10, n_bins=15, norm="l1").item()
+        assert metrics[key] == pytest.approx(ece, abs=1e-5), key
+    report = json.loads((out / "classification_report.json").read_text())
+    assert report["ece"] == pytest.approx(metrics["test/ece"], abs=1e-5)
+    assert report["ece_raw"] == pytest.approx(metrics["test/ece_raw"], abs=1e-5)
+    assert report["temperature"] == pytest.approx(temperature)
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_calibrate_switch_without_a_checkpoint(calibrate: bool, data_dir: Path, tmp_path: Path) -> None:
+    """debug=fdr keeps no checkpoint: the in-memory model is calibrated (or not) and tested."""
+    no_callbacks = [o for o in TINY if not o.startswith("callbacks.")]  # debug=fdr has none
+    metrics = train(compose_config(no_callbacks + [f"paths.data_dir={data_dir}", "debug=fdr",
+                                                   f"calibrate={str(calibrate).lower()}"], tmp_path))
+    assert ("calibration/val_nll" in metrics) is calibrate
+    if metrics["calibration/temperature"] == 1.0:
+        assert metrics["test/nll"] == pytest.approx(metrics["test/nll_raw"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    return tiny_checkpoint(tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope="module")
+def calibrated_tta(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint as a run with test-time shifts and a fitted temperature of TEMPERATURE would write it."""
+    ckpt = read_checkpoint(tiny)
+    ckpt["hyper_parameters"]["tta"] = True
+    ckpt["calibration"] = {"temperature": TEMPERATURE, "split": "val"}
+    path = tmp_path_factory.mktemp("calibrated_tta") / "checkpoints" / "best.ckpt"
+    path.parent.mkdir()
+    write_checkpoint(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(data_dir: Path) -> torch.Tensor:
+    return laid_out(load_split("mnist", str(data_dir), "test", download=False)[0][:12])
+
+
+def expected_probabilities(ckpt: Path, images: torch.Tensor, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """softmax(shifted-logits / TEMPERATURE), computed here from the network; and the uncalibrated softmax."""
+    net = load_module(ckpt).net
+    with torch.no_grad():
+        logits = tta_logits(net, MNISTDataModule(data_dir=str(data_dir)).transform(images)).double()
+    calibrated, raw = (logits / TEMPERATURE).softmax(dim=1).numpy(), logits.softmax(dim=1).numpy()
+    assert np.abs(calibrated - raw).max() > 0.01  # the temperature matters for these images
+    return calibrated, raw
+
+
+def test_predict_api_and_serve_apply_the_stored_temperature(calibrated_tta: Path, images: torch.Tensor,
+                                                            data_dir: Path, tmp_path: Path) -> None:
+    expected, _ = expected_probabilities(calibrated_tta, images, data_dir)
+    predictor = Predictor.from_checkpoint(calibrated_tta)
+    assert predictor.temperature == TEMPERATURE and predictor.tta
+    files = []
+    for i, image in enumerate(images):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image[0].numpy()).save(files[-1])
+    results = predict_files(predictor, files, top_k=10)
+    for result, probs in zip(results, expected, strict=True):
+        got = np.array([t["probability"] for t in sorted(result["top_k"], key=lambda t: t["label"])])
+        np.testing.assert_allclose(got, probs, atol=1e-6)
+    classifier = load_model(calibrated_tta)
+    assert classifier.temperature == TEMPERATURE
+    np.testing.assert_allclose(classifier.predict(images).probabilities, expected, atol=1e-6)
+    with TestClient(create_app(predictor)) as client:
+        assert client.get("/healthz").json()["temperature"] == TEMPERATURE
+        for image, probs in zip(images[:3], expected, strict=False):
+            body = client.post("/api/predict", json={"pixels": image[0].tolist()}).json()
+            np.testing.assert_allclose(body["probabilities"], probs, atol=2e-6)
+
+
+def test_onnx_export_divides_by_the_temperature_inside_the_graph(calibrated_tta: Path, images: torch.Tensor,
+                                                                  data_dir: Path, tmp_path: Path) -> None:
+    expected, _ = expected_probabilities(calibrated_tta, images, data_dir)
+    x = MNISTDataModule(data_dir=str(data_dir)).transform(images)
+    with torch.no_grad():
+        logits = tta_logits(load_module(calibrated_tta).net, x).numpy()
+    summary = export(calibrated_tta, "onnx", output=tmp_path / "model.onnx")
+    assert summary["max_abs_diff"] <= 1e-4  # the export's own check, on both outputs
+    meta = read_onnx_metadata(summary["output"])
+    assert float(meta["temperature"]) == TEMPERATURE and json.loads(meta["tta"]) is True
+    session = ort.InferenceSession(summary["output"], providers=["CPUExecutionProvider"])
+    for batch in (slice(0, 1), slice(None)):  # the batch axis stays dynamic with the shifts in the graph
+        out_logits, out_probs = session.run(None, {"image": x[batch].numpy()})
+        np.testing.assert_allclose(out_logits, logits[batch], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(out_probs, expected[batch], atol=1e-5, rtol=0)
+
+
+def test_evaluate_reports_before_and_after_calibration(calibrated_tta: Path, data_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={calibrated_tta}", "data.eval_batch_size=100",
+                          "data.download=false", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                          "trainer.enable_model_summary=false", "~logger"], tmp_path, "evaluate")
+    metrics = evaluate(cfg)
+    test_images, labels = load_split("mnist", str(data_dir), "test", download=False)
+    with torch.no_grad():
+        logits = tta_logits(load_module(calibrated_tta).net, MNISTDataModule(data_dir=str(data_dir)).transform(test_images))
+    assert metrics["calibration/temperature"] == TEMPERATURE and metrics["tta"] is True
+    for key, scaled in (("test/ece", logits / TEMPERATURE), ("test/ece_raw", logits)):
+        ece = multiclass_calibration_error(scaled.softmax(dim=1), labels, 10, n_bins=15, norm="l1").item()
+        assert metrics[key] == pytest.approx(ece, abs=1e-5), key
+    assert metrics["test/nll"] == pytest.approx(F.cross_entropy(logits / TEMPERATURE, labels).item(), rel=1e-4)
+    report = json.loads((tmp_path / "classification_report.json").read_text())
+    assert report["ece_raw"] == pytest.approx(metrics["test/ece_raw"], abs=1e-5)
+    assert "before calibration" in (tmp_path / "classification_report.md").read_text()
+    assert (tmp_path / "calibration.png").stat().st_size > 1000
+
+
+def test_old_checkpoint_loads_with_temperature_one_and_warns_once(tiny: Path, calibrated_tta: Path, images: torch.Tensor,
+                                                                 data_dir: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    old = tmp_path / "old.ckpt"
+    ckpt = read_checkpoint(tiny)
+    ckpt.pop("calibration", None)
+    torch.save(ckpt, old)
+    x = MNISTDataModule(data_dir=str(data_dir)).transform(images).numpy()
+    with caplog.at_level(logging.WARNING):
+        predictor = Predictor.from_checkpoint(old)
+        for _ in range(3):
+            probabilities = predictor.probabilities(x)
+    assert predictor.temperature == 1.0
+    assert [NO_CALIBRATION in r.getMessage() for r in caplog.records] == [True]  # once, not per prediction
+    with torch.no_grad():
+        np.testing.assert_allclose(probabilities, predictor.net(torch.from_numpy(x)).double().softmax(dim=1).numpy(),
+                                   atol=1e-6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert ViTClassifier.load_from_checkpoint(old, map_location="cpu").temperature == 1.0  # Lightning's path
+        assert ViTClassifier.load_from_checkpoint(calibrated_tta, map_location="cpu").temperature == TEMPERATURE
+        assert load_module(calibrated_tta).temperature == TEMPERATURE
+    assert [NO_CALIBRATION in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_a_damaged_temperature_is_a_user_error(calibrated_tta: Path, tmp_path: Path) -> None:
+    ckpt = read_checkpoint(calibrated_tta)
+    ckpt["calibration"]["temperature"] = -1.0
+    bad = tmp_path / "bad.ckpt"
+    write_checkpoint(ckpt, bad)
+    with pytest.raises(UserError, match="not a positive number"):
+        load_module(bad)

@@ -1,0 +1,148 @@
+"""Temperature scaling (Guo et al., ICML 2017): one scalar fitted on the validation split after training."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint, write_checkpoint
+from vit_mnist.training.module import ViTClassifier
+
+log = logging.getLogger(__name__)
+
+# A safety net: with an optimum at all (see `has_optimum`), the fitted temperature lies far inside these bounds.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+METHOD = "temperature scaling (Guo et al., 2017): softmax(logits / temperature), temperature fitted by NLL"
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of `labels` under softmax(logits / temperature), in float64."""
+    return float(F.cross_entropy(logits.detach().double().cpu() / temperature, labels.detach().long().cpu()))
+
+
+def has_optimum(logits: torch.Tensor, labels: torch.Tensor) -> str:
+    """Why the NLL of softmax(logits / T) has no minimum at a finite T > 0, or "" when it has one.
+
+    The NLL is convex in 1/T; its slope there is negative for every 1/T when every image's true class has the
+    largest logit (the NLL falls towards 0 as T -> 0: a perfectly separated validation set), and positive for every
+    1/T > 0 when the true class's logit is on average at or below the mean logit (T -> infinity: uniform beats it).
+    """
+    z, y = logits.double(), labels.long()
+    true = z.gather(1, y[:, None])[:, 0]
+    if bool((true >= z.max(dim=1).values).all()):
+        return "every validation image's true class has the largest logit (the NLL keeps falling as T -> 0)"
+    if float((true - z.mean(dim=1)).mean()) <= 0:
+        return "the true classes' logits are on average no higher than the others' (T -> infinity)"
+    return ""
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) on (N, K) logits and (N,) labels.
+
+    log T is optimised (so T stays positive) with L-BFGS and a strong-Wolfe line search in float64, from T = 1:
+    deterministic, and the NLL is smooth and unimodal in log T. Where it has no finite minimum (`has_optimum`),
+    or the result would be worse on these logits than T = 1, the answer is 1, with a log warning.
+    """
+    if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels) or len(labels) == 0:
+        raise ValueError(f"need logits (N, K) and labels (N,) with N > 0, got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
+    if not torch.isfinite(z).all():
+        raise ValueError("the logits hold NaN or infinite values: there is no temperature to fit")
+    reason = has_optimum(z, y)
+    if reason:
+        log.warning("No temperature to fit: %s. The model stays uncalibrated (temperature 1); a larger validation "
+                    "split (data.val_size) or a longer run gives one.", reason)
+        return 1.0
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                  line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z * torch.exp(-log_t), y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():  # also when called under inference_mode / no_grad
+        optimizer.step(closure)
+    fitted = float(log_t.detach().exp())
+    if not math.isfinite(fitted):
+        fitted = 1.0
+    temperature = min(max(fitted, MIN_TEMPERATURE), MAX_TEMPERATURE)
+    if temperature != fitted:
+        log.warning("The fitted temperature %.4g lies outside [%g, %g] and was clipped.", fitted, MIN_TEMPERATURE,
+                    MAX_TEMPERATURE)
+    return temperature if nll(z, y, temperature) <= nll(z, y) else 1.0
+
+
+@torch.inference_mode()
+def validation_logits(trainer: L.Trainer, module: ViTClassifier, datamodule: Any,
+                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation split's logits as the test step computes them: the same transform, test-time shifts when
+    the run has `tta: true`, the distilled student's averaged heads, the trainer's device and precision."""
+    val_set = datamodule.val_set
+    images, labels = val_set.images, val_set.labels
+    if max_images is not None:
+        images, labels = images[:max_images], labels[:max_images]
+    device = trainer.strategy.root_device
+    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
+    was_training, original = module.training, next(module.parameters()).device
+    module.eval().to(device)
+    parts = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = datamodule.transform(images[start:start + batch_size].to(device), train=False)
+            with trainer.precision_plugin.test_step_context():
+                parts.append(module.predict_logits(x).float().cpu())
+    finally:
+        module.to(original).train(was_training)
+    return torch.cat(parts), labels.long().cpu()
+
+
+def _images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
+    """How many validation images the fit's validation loop saw (limit_val_batches, fast_dev_run); None: all."""
+    batches = [b for b in (getattr(trainer, "num_val_batches", None) or []) if math.isfinite(b)]
+    if not batches:
+        return None
+    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
+    return int(sum(batches)) * batch_size * max(1, int(trainer.world_size))
+
+
+def fit_on_validation(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "") -> dict[str, Any] | None:
+    """Fit the temperature on the weights of `ckpt_path` (else the in-memory `module`), store it in that file;
+    return the calibration, or None when there is no validation data."""
+    if getattr(datamodule, "val_set", None) is None or len(datamodule.val_set) == 0:
+        log.warning("No validation images: the model is not calibrated (temperature 1).")
+        return None
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    scorer = module_from_checkpoint(ckpt, ckpt_path, warn_uncalibrated=False) if ckpt is not None else module
+    logits, labels = validation_logits(trainer, scorer, datamodule, _images_validation_sees(trainer, datamodule))
+    temperature = fit_temperature(logits, labels)
+    calibration = {"temperature": temperature, "method": METHOD, "split": "val", "num_images": len(labels),
+                   "tta": bool(module.hparams.get("tta", False)), "val_nll": nll(logits, labels, temperature),
+                   "val_nll_raw": nll(logits, labels)}
+    if ckpt is not None:
+        ckpt["calibration"] = calibration
+        write_checkpoint(ckpt, ckpt_path)
+    log.info("Calibrated on %d validation images: temperature %.4f, NLL %.4f -> %.4f", len(labels), temperature,
+             calibration["val_nll_raw"], calibration["val_nll"])
+    return calibration
+
+
+def calibrate(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "") -> dict[str, float]:
+    """After `trainer.fit`: fit the temperature on the validation split (global rank zero), store it in the best
+    checkpoint so that testing it and every later load use it, and give it to `module` on every rank. Returns
+    the `calibration/*` metrics."""
+    calibration = fit_on_validation(trainer, module, datamodule, ckpt_path) if trainer.is_global_zero else None
+    calibration = trainer.strategy.broadcast(calibration, src=0)  # also the barrier: the file is written
+    module.set_calibration(calibration)
+    if calibration is None:
+        return {}
+    return {"calibration/temperature": calibration["temperature"], "calibration/val_nll": calibration["val_nll"],
+            "calibration/val_nll_raw": calibration["val_nll_raw"]}

@@ -1,0 +1,89 @@
+"""After training: fit the out-of-domain detector and the verdict thresholds, and store them in the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+from vit_mnist.errors import UserError
+from vit_mnist.robustness_suite.ood import (
+    CHECKPOINT_KEY,
+    DEFAULT_SCORE,
+    check_score,
+    fit_data_from,
+    fit_detector,
+    has_features,
+    logits_and_features,
+    split_fit_data,
+)
+from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint, write_checkpoint
+from vit_mnist.training.module import ViTClassifier
+
+log = logging.getLogger(__name__)
+
+
+def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, features: bool):
+    """uint8 images -> (logits, features) as the test step computes the logits: the eval transform, test-time
+    shifts when the run has `tta: true`, the trainer's device and precision."""
+    device = trainer.strategy.root_device
+    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
+    tta = bool(module.hparams.get("tta", False))
+
+    @torch.inference_mode()
+    def outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        module.eval().to(device)
+        logits, feats = [], []
+        for start in range(0, len(images), batch_size):
+            x = datamodule.transform(images[start:start + batch_size].to(device), train=False)
+            with trainer.precision_plugin.test_step_context():
+                z, f = logits_and_features(module.net, x, tta, features)
+            logits.append(z.float().cpu())
+            if f is not None:
+                feats.append(f.float().cpu())
+        return torch.cat(logits), (torch.cat(feats) if feats else None)
+
+    return outputs
+
+
+def fit_and_store(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "",
+                  score: str | None = None, limit: int | None = None) -> dict[str, Any] | None:
+    """Fit the detector on the weights (and temperature) of `ckpt_path` (else the in-memory `module`) and store it
+    in that file; return it as a state, or None when the run's data gives nothing to fit on."""
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    scorer = module_from_checkpoint(ckpt, ckpt_path, warn_uncalibrated=False) if ckpt is not None else module
+    score = check_score(score) or DEFAULT_SCORE
+    if score == "mahalanobis" and not has_features(scorer.net):
+        score = "energy"  # a network from elsewhere without features: the logits' score
+    try:
+        train, val = fit_data_from(datamodule)
+        stats, held, where = split_fit_data(train, val, limit)
+        detector = fit_detector(network_outputs(trainer, scorer, datamodule, score == "mahalanobis"), stats, held,
+                                scorer.hparams.model.get("num_classes", 10), score, scorer.temperature)
+    except (UserError, ValueError) as e:
+        log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
+        return None
+    detector.info["fitted_on"] = where
+    state = detector.state_dict()
+    if ckpt is not None:
+        ckpt[CHECKPOINT_KEY] = state
+        write_checkpoint(ckpt, ckpt_path)
+    log.info("Out-of-domain detector: %s; %s; out_of_domain above %.4g, unsure below %.4f", detector.describe(),
+             where, detector.ood_threshold, detector.unsure_threshold)
+    return state
+
+
+def fit_verdicts(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "",
+                 score: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """After calibration: fit the detector on global rank zero, store it in the best checkpoint so that testing it
+    and every later load (predict, the API, serve) have it, and give it to `module` on every rank. Returns the
+    `verdict/*` metrics."""
+    state = fit_and_store(trainer, module, datamodule, ckpt_path, score, limit) if trainer.is_global_zero else None
+    state = trainer.strategy.broadcast(state, src=0)  # also the barrier: the file is written
+    module.load_detector({CHECKPOINT_KEY: state} if state is not None else {})
+    if state is None:
+        return {}
+    return {"verdict/score": state["score"], "verdict/ood_threshold": state["ood_threshold"],
+            "verdict/unsure_threshold": state["unsure_threshold"]}

@@ -53,6 +53,11 @@ class Classifier:
         return list(self._predictor.class_names)
 
     @property
+    def dataset(self) -> str:
+        """The dataset the checkpoint was trained on, e.g. "mnist" or "fashion_mnist"."""
+        return self._predictor.dataset
+
+    @property
     def arch(self) -> str:
         """The network in the checkpoint: "vit" or "cnn"."""
         return self._predictor.arch

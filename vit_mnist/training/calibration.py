@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from vit_mnist.robustness_suite.ood import logits_and_features
 from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint, write_checkpoint
 from vit_mnist.training.module import ViTClassifier
 
@@ -81,28 +82,42 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return temperature if nll(z, y, temperature) <= nll(z, y) else 1.0
 
 
-@torch.inference_mode()
-def validation_logits(trainer: L.Trainer, module: ViTClassifier, datamodule: Any,
-                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation split's logits as the test step computes them: the same transform, test-time shifts when
-    the run has `tta: true`, the distilled student's averaged heads, the trainer's device and precision."""
-    val_set = datamodule.val_set
-    images, labels = val_set.images, val_set.labels
-    if max_images is not None:
-        images, labels = images[:max_images], labels[:max_images]
+def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, features: bool = False
+                    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]:
+    """uint8 (N, 1, H, W) images -> (logits, pre-head features or None), the logits as the test step computes them:
+    the eval transform, test-time shifts when the run has `tta: true`, the distilled student's averaged heads, the
+    trainer's device and precision. Used after fitting by the calibration and the verdicts' detector."""
     device = trainer.strategy.root_device
     batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
-    was_training, original = module.training, next(module.parameters()).device
-    module.eval().to(device)
-    parts = []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = datamodule.transform(images[start:start + batch_size].to(device), train=False)
-            with trainer.precision_plugin.test_step_context():
-                parts.append(module.predict_logits(x).float().cpu())
-    finally:
-        module.to(original).train(was_training)
-    return torch.cat(parts), labels.long().cpu()
+    tta = bool(module.hparams.get("tta", False))
+
+    @torch.inference_mode()
+    def outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        was_training, original = module.training, next(module.parameters()).device
+        module.eval().to(device)
+        logits, feats = [], []
+        try:
+            for start in range(0, len(images), batch_size):
+                x = datamodule.transform(images[start:start + batch_size].to(device), train=False)
+                with trainer.precision_plugin.test_step_context():
+                    z, f = logits_and_features(module.net, x, tta, features)
+                logits.append(z.float().cpu())
+                if f is not None:
+                    feats.append(f.float().cpu())
+        finally:
+            module.to(original).train(was_training)
+        return torch.cat(logits), (torch.cat(feats) if feats else None)
+
+    return outputs
+
+
+def validation_logits(trainer: L.Trainer, module: ViTClassifier, datamodule: Any,
+                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation split's logits as the test step computes them (`network_outputs`), and its labels."""
+    images, labels = datamodule.val_set.images, datamodule.val_set.labels
+    if max_images is not None:
+        images, labels = images[:max_images], labels[:max_images]
+    return network_outputs(trainer, module, datamodule)(images)[0], labels.long().cpu()
 
 
 def _images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:

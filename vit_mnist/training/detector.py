@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import lightning as L
-import torch
 
 from vit_mnist.errors import UserError
 from vit_mnist.robustness_suite.ood import (
@@ -16,36 +15,13 @@ from vit_mnist.robustness_suite.ood import (
     fit_data_from,
     fit_detector,
     has_features,
-    logits_and_features,
     split_fit_data,
 )
+from vit_mnist.training.calibration import network_outputs
 from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint, write_checkpoint
 from vit_mnist.training.module import ViTClassifier
 
 log = logging.getLogger(__name__)
-
-
-def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, features: bool):
-    """uint8 images -> (logits, features) as the test step computes the logits: the eval transform, test-time
-    shifts when the run has `tta: true`, the trainer's device and precision."""
-    device = trainer.strategy.root_device
-    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
-    tta = bool(module.hparams.get("tta", False))
-
-    @torch.inference_mode()
-    def outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        module.eval().to(device)
-        logits, feats = [], []
-        for start in range(0, len(images), batch_size):
-            x = datamodule.transform(images[start:start + batch_size].to(device), train=False)
-            with trainer.precision_plugin.test_step_context():
-                z, f = logits_and_features(module.net, x, tta, features)
-            logits.append(z.float().cpu())
-            if f is not None:
-                feats.append(f.float().cpu())
-        return torch.cat(logits), (torch.cat(feats) if feats else None)
-
-    return outputs
 
 
 def fit_and_store(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "",

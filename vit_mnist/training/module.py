@@ -172,11 +172,6 @@ class ViTClassifier(LightningModule):
         self.load_calibration(checkpoint, warn=not fitting)
         self.load_detector(checkpoint)
 
-    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The logits the test metrics and the fitted temperature use: averaged over test-time shifts when the
-        run was configured with `tta: true`."""
-        return tta_logits(self, images) if self.hparams.get("tta", False) else self(images)
-
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], tta: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch

@@ -80,6 +80,13 @@ def test_bad_settings_write_nothing(ckpt: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_opset_the_exporter_cannot_reach_is_refused_not_silently_replaced(ckpt: Path, tmp_path: Path) -> None:
+    # torch's exporter writes opset 18 and keeps it when converting the ViT down fails: the file must not claim 13
+    with pytest.raises(UserError, match=r"opset=13: it wrote opset 18.*Use opset=18"):
+        export(ckpt, "onnx", output=tmp_path / "m.onnx", opset=13)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_onnx_parity_on_256_real_mnist_test_images(tmp_path: Path) -> None:
     """On real digits with a checkpoint trained on real MNIST: VIT_MNIST_CKPT if set, else a short real run."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from vit_mnist.errors import UserError
 from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.evaluation.robustness import robustness
-from vit_mnist.reports.robustness import OUTPUT_FILES
-from vit_mnist.robustness_suite.scoring import Scorer, run_suite
+from vit_mnist.reports.robustness import OUTPUT_FILES, robustness_markdown
+from vit_mnist.robustness_suite.scoring import Scorer, per_class_accuracy, run_suite
 from vit_mnist.robustness_suite.suite import build_suite, seen_names
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.data.sources import get_spec
@@ -175,6 +176,20 @@ def test_other_writers_accuracy_equals_an_independent_count() -> None:
         predicted = module((images.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
     assert results[0].other_writers == pytest.approx(float((predicted == labels).double().mean()), abs=1e-7)
     assert "pen_photos" not in results[0].digit_sets  # not asked for
+    # per digit: each class's share read right, in the results and as a row of the report
+    per_class = results[0].digit_sets_per_class["other_writers"]
+    for digit in range(10):
+        mine = predicted[labels == digit]
+        assert per_class[digit] == pytest.approx(float((mine == digit).double().mean()), abs=1e-7)
+    report = robustness_markdown(results, [], 20, 0)
+    row = report.split("## Per digit")[1].splitlines()[-1]
+    assert row.split("|")[3:13] == [f" {100 * v:.2f} " for v in per_class]
+
+
+def test_per_class_accuracy_on_a_hand_computed_case() -> None:
+    preds, labels = torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 2, 2, 0])
+    got = per_class_accuracy(preds, labels, 4)
+    assert got[:3] == pytest.approx([0.5, 0.5, 1.0]) and math.isnan(got[3])  # no image of class 3
 
 
 def test_pen_photos_are_deterministic_mnist_layout_digits_scored_by_an_independent_count() -> None:

@@ -25,7 +25,7 @@ from vit_mnist.version import __version__
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 DEFAULT_OPSET = 18  # what torch's exporter writes natively; onnxruntime >= 1.14 runs all of it on CPU
-MIN_OPSET = 11  # the oldest checked to convert and match PyTorch (11, 13, 14, 17 and 18 were, with torch 2.13)
+MIN_OPSET = 11  # the oldest the exporter accepts; whether it can convert a given model that far is checked after
 INPUT_NAME, OUTPUT_NAMES = "image", ("logits", "probabilities")
 DESCRIPTIONS = {"vit": "Vision Transformer", "cnn": "Small CNN"}  # by the checkpoint's model.arch
 
@@ -103,6 +103,13 @@ def export_onnx(wrapper: ExportWrapper, path: Path, meta: dict[str, str], opset:
         )
         program.save(str(path))
     model = onnx.load(str(path))
+    # torch's exporter writes opset 18 and converts down afterwards; where that fails it warns and keeps 18
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise UserError(f"torch's ONNX exporter could not write this model at opset={opset}: it wrote opset "
+                        f"{written} (onnx's version converter has no adapter for some of its operators, e.g. Pad or "
+                        f"LayerNormalization), and nothing was written. Use opset={written}; onnxruntime >= 1.14 "
+                        "runs it on CPU.")
     model.doc_string = f"{DESCRIPTIONS.get(meta.get('model', 'vit'), 'Image')} classifier exported by vit-mnist"
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -179,6 +186,8 @@ def export(ckpt_path: str | Path | None, fmt: str = "onnx", output: str | Path |
             try:
                 export_onnx(wrapper, tmp, meta, opset)
                 onnx_outputs(tmp, check_inputs(1))
+            except UserError:
+                raise
             except Exception as e:
                 if opset == DEFAULT_OPSET:
                     raise  # a bug, not a setting: show the whole story

@@ -56,7 +56,24 @@ def robustness_markdown(results: Sequence[Any], suite: Sequence[Any], num_images
                                                for s in suite) + ".", ""]
     for label, description in _measured_sets(results).values():
         lines += [f"{label.capitalize()}: {description}; not part of mCA.", ""]
-    return "\n".join(lines) + ood_markdown(results)
+    return "\n".join(lines + per_class_markdown(results)) + ood_markdown(results)
+
+
+def per_class_markdown(results: Sequence[Any]) -> list[str]:
+    """Accuracy (%) per true class on each digit set from outside MNIST: which digits a model misreads there."""
+    sets = {name: label for name, (label, _) in _measured_sets(results).items()
+            if any(r.digit_sets_per_class.get(name) for r in results)}
+    if not sets:
+        return []
+    classes = len(next(r.digit_sets_per_class[name] for name in sets for r in results
+                       if r.digit_sets_per_class.get(name)))
+    lines = ["## Per digit", "", "Accuracy (%) on each true digit of the sets from outside MNIST.", "",
+             "| set | model | " + " | ".join(str(c) for c in range(classes)) + " |", "|---|---|" + "---:|" * classes]
+    for name, label in sets.items():
+        for r in results:
+            if values := r.digit_sets_per_class.get(name):
+                lines.append(f"| {label} | {r.name} | " + " | ".join(_pct(v) for v in values) + " |")
+    return lines + [""]
 
 
 def _with_ood(results: Sequence[Any]) -> list[Any]:

@@ -34,6 +34,8 @@ class ModelResult:
     arch: str = "vit"
     # accuracy on each of DIGIT_SETS that was measured (MNIST models only)
     digit_sets: dict[str, float] = field(default_factory=dict)
+    # each digit set's accuracy per class (NaN for a class the set lacks): where a model's misses sit
+    digit_sets_per_class: dict[str, list[float]] = field(default_factory=dict)
     predictions: dict[str, list[int]] = field(default_factory=dict)  # the example digits' predicted classes
     ood: Any = None  # vit_mnist.robustness_suite.ood.OODResult when the model had a detector
 
@@ -62,6 +64,7 @@ class ModelResult:
             "mean_drop": self.clean - self.mca if self.accuracy else math.nan,
             "seen": self.seen, "worst": [{"corruption": k, "acc": v} for k, v in self.worst()],
             "acc": self.accuracy,
+            "per_class": {f"{name}_acc": values for name, values in self.digit_sets_per_class.items()},
             "ood": self.ood.summary() if self.ood is not None else None,
         }
 
@@ -120,6 +123,13 @@ class Scorer:
         return float(metric(preds, labels)), preds, logits, feats
 
 
+def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Recall of each class (its share of images read right), NaN for a class with no image."""
+    recall = MulticlassAccuracy(num_classes, average=None)(preds, labels)
+    support = torch.bincount(labels, minlength=num_classes)
+    return [float(r) if n else math.nan for r, n in zip(recall.tolist(), support.tolist(), strict=True)]
+
+
 def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], images: torch.Tensor, labels: torch.Tensor,
               suite: Sequence[CorruptionSpec], seed: int = 0, examples: int = 6, digit_sets: Sequence[str] = (),
               digit_set_limit: int | None = None, non_digit_sets: Mapping[str, torch.Tensor] | None = None,
@@ -144,8 +154,9 @@ def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], image
     for set_name in digit_sets:
         set_images, set_labels = load_digit_set(set_name, images, labels, seed, digit_set_limit)
         for result, (_, _, scorer, _, _), meter in zip(results, scorers, meters):
-            acc, _, logits, feats = scorer.scored(set_images, set_labels)
+            acc, preds, logits, feats = scorer.scored(set_images, set_labels)
             result.digit_sets[set_name] = acc
+            result.digit_sets_per_class[set_name] = per_class_accuracy(preds, set_labels, scorer.num_classes)
             if meter is not None:
                 meter.add_digits(set_name, logits, feats)
         log.info("%-14s %s", set_name, "  ".join(f"{r.digit_sets[set_name]:.4f}" for r in results))

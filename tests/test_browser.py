@@ -106,6 +106,16 @@ def check_prediction_shown(page) -> str:
     return label
 
 
+def press_stroke(page, stroke: list[tuple[int, int]]) -> None:
+    """Press the mouse button and move it through canvas points (the canvas is 280x280); the button stays down."""
+    box = page.locator("#pad").bounding_box()
+    scale = box["width"] / 280
+    page.mouse.move(box["x"] + stroke[0][0] * scale, box["y"] + stroke[0][1] * scale)
+    page.mouse.down()
+    for x, y in stroke[1:]:
+        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=10)
+
+
 def test_drawing_with_the_mouse_shows_a_live_prediction(server: str, browser, tmp_path: Path) -> None:
     page = browser.new_page(viewport={"width": 800, "height": 520})
     console_errors: list[str] = []
@@ -116,12 +126,7 @@ def test_drawing_with_the_mouse_shows_a_live_prediction(server: str, browser, tm
     page.wait_for_function("document.querySelectorAll('#bars .bar').length === 10")
     assert page.inner_text("#pred-label") == "–"
 
-    box = page.locator("#pad").bounding_box()
-    scale = box["width"] / 280
-    page.mouse.move(box["x"] + STROKE[0][0] * scale, box["y"] + STROKE[0][1] * scale)
-    page.mouse.down()
-    for x, y in STROKE[1:]:
-        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=10)
+    press_stroke(page, STROKE)
     # the debounced live prediction arrives while the button is still down
     page.wait_for_function("document.body.dataset.state === 'ready'", timeout=20_000)
     page.mouse.up()
@@ -165,13 +170,8 @@ def test_drawing_with_a_finger_works_too(server: str, browser) -> None:
 
 
 def draw(page, stroke: list[tuple[int, int]]) -> None:
-    """One mouse stroke through canvas points (the canvas is 280x280), then wait for the answer."""
-    box = page.locator("#pad").bounding_box()
-    scale = box["width"] / 280
-    page.mouse.move(box["x"] + stroke[0][0] * scale, box["y"] + stroke[0][1] * scale)
-    page.mouse.down()
-    for x, y in stroke[1:]:
-        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=8)
+    """One mouse stroke through canvas points, released, then wait for the answer."""
+    press_stroke(page, stroke)
     page.mouse.up()
     page.wait_for_timeout(300)
     page.wait_for_function("document.body.dataset.state === 'ready'", timeout=20_000)

@@ -12,7 +12,6 @@ import torch
 from vit_mnist.data.preprocess import ImageSource, preprocess
 from vit_mnist.data.sources import is_handwritten
 from vit_mnist.errors import UserError
-from vit_mnist.models.tta import tta_logits
 from vit_mnist.robustness_suite.ood import MIN_CONFIDENCE, VERDICTS, logits_and_features
 from vit_mnist.training.checkpoints import load_module
 from vit_mnist.training.module import ViTClassifier
@@ -80,23 +79,22 @@ class Predictor:
         """An image -> (normalised float32 (1, 28, 28), the uint8 (28, 28) the model sees)."""
         return preprocess(image, self.mean, self.std, layout, self.handwritten)
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised (B, 1, 28, 28) -> the logits the test metrics use (B, num_classes), before calibration."""
-        return tta_logits(self.net, x) if self.tta else self.net(x)
+    def _outputs(self, batch: np.ndarray, features: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Normalised float32 (B, 1, 28, 28) -> the logits the test metrics use (test-time shifts included), the
+        calibrated float64 probabilities, and the detector's features when asked."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        logits, feats = logits_and_features(self.net, x, self.tta, features)
+        return logits, (logits.double() / self.temperature).softmax(dim=-1), feats
 
     @torch.inference_mode()
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float32 (B, 1, 28, 28) -> calibrated softmax probabilities (B, num_classes) as float64."""
-        logits = self.logits(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        return (logits.double() / self.temperature).softmax(dim=-1).numpy()
+        return self._outputs(batch, features=False)[1].numpy()
 
     @torch.inference_mode()
     def answer(self, batch: np.ndarray) -> Answers:
         """Normalised float32 (B, 1, 28, 28) -> calibrated probabilities and a verdict for each image."""
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        features = self.detector is not None and self.detector.needs_features
-        logits, feats = logits_and_features(self.net, x, self.tta, features)
-        probs = (logits.double() / self.temperature).softmax(dim=-1)
+        logits, probs, feats = self._outputs(batch, self.detector is not None and self.detector.needs_features)
         if self.detector is None:
             verdicts = [VERDICTS[1] if p < MIN_CONFIDENCE else VERDICTS[0] for p in probs.max(dim=-1).values.tolist()]
         else:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install constraints train test test-fast lint gpu-check clean tensorboard serve
+.PHONY: install constraints train test test-fast lint gpu-check gpu-bundle clean tensorboard serve
 
 install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project at versions known to pass
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,23 @@ CKPT ?= $(or $(ROBUST_CKPT),$(shell ls -t outputs/*/*/checkpoints/best.ckpt outp
 serve:  ## the digit-drawing web app on http://127.0.0.1:8000 (CKPT=path to choose the checkpoint, ARGS="port=8080")
 	$(BIN)/python -m vit_mnist.serve ckpt_path=$(CKPT) $(ARGS)
 
-gpu-check:  ## on a CUDA machine: GPU tests, fast's time to 99%, the benchmark, note_budget x3 (BEST=1: best too); else says so
-	bash scripts/gpu_check.sh
+DRY_RUN ?= 0
+gpu-check:  ## on a CUDA machine: GPU tests, fast's time to 99%, the benchmark, note_budget x3 (BEST=1: best too); non-zero exit if any fails; DRY_RUN=1: every step on the CPU, tiny
+	DRY_RUN=$(DRY_RUN) bash scripts/gpu_check.sh
+
+# A lent GPU machine has torch, Lightning and most of the rest, but not hydra-core, omegaconf or the antlr4 runtime
+# (published as a source archive only: built into a wheel here), and no internet: bring .whl/ and data/ along.
+pin = $(shell grep -i '^$(1)==' constraints.txt | cut -d= -f3)
+SHARED_DATA ?= $(or $(VIT_MNIST_DATA_DIR),../shared/data)
+gpu-bundle:  ## wheels for `make gpu-check` on a machine without internet (.whl/), and MNIST gzipped into data/
+	rm -rf .whl && mkdir -p .whl data/MNIST/raw
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d .whl hydra-core==$(call pin,hydra-core) omegaconf==$(call pin,omegaconf)
+	$(BIN)/pip wheel -q --no-deps -w .whl antlr4-python3-runtime==$(call pin,antlr4-python3-runtime)
+	for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do \
+	  if [ -f $(SHARED_DATA)/MNIST/raw/$$f.gz ]; then cp $(SHARED_DATA)/MNIST/raw/$$f.gz data/MNIST/raw/; \
+	  elif [ -f $(SHARED_DATA)/MNIST/raw/$$f ]; then gzip -c $(SHARED_DATA)/MNIST/raw/$$f > data/MNIST/raw/$$f.gz; \
+	  else echo "gpu-bundle: $(SHARED_DATA)/MNIST/raw/ lacks $$f (set SHARED_DATA=...)"; exit 1; fi; done
+	@ls -l .whl data/MNIST/raw
 
 tensorboard:
 	$(BIN)/tensorboard --logdir outputs

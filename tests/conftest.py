@@ -18,6 +18,8 @@ from vit_mnist.runtime.paths import CONFIG_DIR
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # Small settings that keep a training run to seconds on 2 CPU cores.
 TINY = [
     "model.hidden_dim=32",
@@ -35,6 +37,13 @@ TINY = [
     "callbacks.progress_bar=null",
     "callbacks.model_summary=null",
 ]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run in a subprocess: this checkout first on PYTHONPATH, the caller's PYTHONPATH kept
+    after it (where `make gpu-check` puts the wheels a bare GPU machine lacks), and `extra` on top."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, subprocess_env
 from torch.autograd import DeviceType
 
 from vit_mnist.benchmark.throughput import check_options, matmul_share, matmul_share_of, print_table, run
@@ -97,7 +96,7 @@ def test_entry_points_compute_fp32_matmuls_in_tf32_where_there_is_one() -> None:
     procs = {module: subprocess.Popen([sys.executable, "-c", f"import torch, {module}; "
                                        "print(torch.get_float32_matmul_precision())"],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                      env=subprocess_env())
              for module in ("vit_mnist.train", "vit_mnist.bench")}  # each in a fresh interpreter, side by side
     for module, proc in procs.items():
         out, err = proc.communicate(timeout=120)
@@ -114,7 +113,7 @@ def test_bench_options_are_checked(tmp_path: Path) -> None:
 def test_bench_command_prints_its_table(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "vit_mnist.bench", *TINY_BENCH, "peers=false", f"output={tmp_path / 'bench.json'}"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+        capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(), timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "Throughput on cpu" in result.stdout and "full pipeline" in result.stdout

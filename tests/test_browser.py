@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.deploy_helpers import tiny_checkpoint
+from tests.conftest import subprocess_env
 from vit_mnist.inference.loadcheck import digit_png, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
     process = subprocess.Popen(
         [sys.executable, "-m", "vit_mnist.serve", f"ckpt_path={ckpt}", f"port={port}", "log_level=warning"],
         cwd=tmp_path_factory.mktemp("serve_cwd"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=subprocess_env(),
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from fastapi.testclient import TestClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, subprocess_env
 from vit_mnist.training.checks import validate
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
@@ -41,7 +40,7 @@ CNN_TINY = [o for o in TINY if not o.startswith("model.")] + ["model=cnn", "mode
 
 
 def cli(module: str, *args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(PYTHONWARNINGS="ignore")
     if data_dir is not None:
         env["VIT_MNIST_DATA_DIR"] = str(data_dir)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,

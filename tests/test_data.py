@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import HalfPrecision, Precision
 
 from tests.synthetic import write_dataset
 from vit_mnist.data import MNISTDataModule, load_split
@@ -136,8 +137,9 @@ def test_batches_come_whole_from_getitems(data_dir: Path) -> None:
 
 
 class _FakeTrainer:
-    def __init__(self, training: bool):
+    def __init__(self, training: bool, precision: str = "32-true"):
         self.training = training
+        self.precision_plugin = HalfPrecision("bf16-true") if precision == "bf16-true" else Precision()
 
 
 def test_augmentation_changes_training_pixels_only(data_dir: Path) -> None:
@@ -153,6 +155,9 @@ def test_augmentation_changes_training_pixels_only(data_dir: Path) -> None:
     evaluated, _ = dm.on_after_batch_transfer(batch, 0)
     torch.testing.assert_close(evaluated, plain)
     assert abs(plain.mean().item() - (batch[0].float().mean().item() / 255 - dm.mean) / dm.std) < 1e-4
+    # under bf16-true Lightning converts batches before this hook, when they are still uint8: the hook converts
+    dm.trainer = _FakeTrainer(training=False, precision="bf16-true")
+    assert dm.on_after_batch_transfer(batch, 0)[0].dtype == torch.bfloat16
 
 
 def test_random_affine_identity_and_flip() -> None:

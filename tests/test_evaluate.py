@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, subprocess_env
 from vit_mnist.data import load_split
 from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
@@ -167,7 +166,7 @@ def test_data_comes_from_what_the_checkpoint_recorded(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "vit_mnist.evaluate", *args, *EVAL], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, subprocess_env
 from tests.test_bench import TINY_BENCH
 
 
@@ -23,13 +22,14 @@ def _no_gpu_reason() -> str:
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=_no_gpu_reason())]
 
-ROOT = Path(__file__).resolve().parents[1]
+
+
 # the tiny model and loader settings, on the GPU
 GPU_TINY = [a for a in TINY if not a.startswith("trainer.accelerator=")] + ["trainer.accelerator=gpu"]
 
 
 def run_module(module: str, args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "VIT_MNIST_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(PYTHONWARNINGS="ignore", VIT_MNIST_DATA_DIR=str(data_dir))
     return subprocess.run([sys.executable, "-m", module, *args, f"paths.log_dir={cwd / 'outputs'}"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 

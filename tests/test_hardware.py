@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from vit_mnist.runtime import hardware
 from vit_mnist.runtime.hardware import _cpuinfo, fastest_precision, isa_summary, native_bf16, warn_if_slow_bf16
@@ -72,6 +73,16 @@ def test_fastest_precision_on_a_gpu_accelerator_without_cuda_is_fp32(monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # e.g. trainer.accelerator=gpu on Apple's MPS
     assert fastest_precision("gpu", XEON_AMX) == "32-true"
     assert fastest_precision("auto", XEON_AMX) == "bf16-mixed"  # auto without CUDA trains on the CPU
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, "16-mixed"), (True, "bf16-mixed")])
+def test_fastest_precision_on_a_gpu_ignores_emulated_bf16(monkeypatch: pytest.MonkeyPatch, native: bool,
+                                                          expected: str) -> None:
+    # a T4 or V100: torch counts bf16 as supported by emulation, which is slower than fp16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native)
+    assert fastest_precision("gpu") == expected
+    assert fastest_precision("auto") == expected
 
 
 def test_fastest_precision_resolves_in_a_config() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 
 from tests.deploy_helpers import tiny_checkpoint
 from tests.synthetic import laid_out
+from tests.conftest import subprocess_env
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
@@ -67,7 +67,7 @@ def test_cli_json_reports_each_bad_file_and_predicts_the_others(
     command = [sys.executable, "-m", "vit_mnist.predict", f"ckpt_path={ckpt}",
                f"images=[{files[0]},notes.txt,missing.png,{files[1]}]", "output=json", "top_k=2"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env=subprocess_env())
     assert result.returncode == 1, result.stderr  # some files failed
     predictions = json.loads(result.stdout)["predictions"]
     assert [p["file"] for p in predictions] == [files[0], "notes.txt", "missing.png", files[1]]

@@ -14,6 +14,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 import vit_mnist
+from tests.conftest import subprocess_env
 from vit_mnist import cli
 from vit_mnist.runtime.paths import CONFIG_DIR, PROJECT_ROOT, find_checkout
 
@@ -124,7 +125,7 @@ def test_version_comes_from_the_package_metadata() -> None:
 
 def test_help_lists_every_command_with_one_line() -> None:
     result = subprocess.run([sys.executable, "-m", "vit_mnist.cli", "--help"], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     for command in ("train", "evaluate", "robustness", "predict", "export", "serve", "bench", "sweep-report"):

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, subprocess_env
 from vit_mnist.data import load_split
 from vit_mnist.data.corruptions import KINDS, corrupt, draw_segments, stroke_width
 from vit_mnist.data.other_writers import load_other_writers
@@ -296,7 +296,7 @@ def test_serve_says_what_robustness_the_checkpoint_has(trained: dict, tmp_path: 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "vit_mnist.robustness", *args, *EVAL], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 

@@ -4,7 +4,6 @@ distillation through attention, each one override, through training, checkpoints
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, subprocess_env
 from vit_mnist import load_model
 from vit_mnist.errors import UserError
 from vit_mnist.inference.export import export
 from vit_mnist.models.registry import relevance_maps
 from vit_mnist.models.vit import ShiftedPatchTokenizer, VisionTransformer, ViTConfig
 from vit_mnist.training.checkpoints import load_module, read_checkpoint
+from vit_mnist.training import module as module_of_student
 from vit_mnist.training.distill import distillation_loss
 from vit_mnist.training.fit import build, train
 from vit_mnist.training.teacher import check_distill
@@ -137,6 +137,28 @@ def test_the_teacher_gets_no_gradient_and_stays_in_eval_mode(make_cfg, teacher: 
     assert not any(k.startswith("_teacher") or "teacher" in k for k in module.state_dict())
 
 
+def test_the_teacher_is_timed_after_the_device_s_queued_work(make_cfg, teacher: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a GPU the teacher's forward only queues kernels: the clock must wait for them at both ends
+    cfg = make_cfg("model.patch_size=4", f"distill.teacher={teacher}")
+    _, module = build(cfg)
+    waited: list[str] = []
+    monkeypatch.setattr(module_of_student, "synchronize", lambda device: waited.append(device.type))
+    module._distill_step((torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))))
+    assert waited == ["cpu", "cpu"]
+
+
+def test_the_teacher_takes_the_student_s_dtype_under_true_precision(data_dir: Path, teacher: Path,
+                                                                    tmp_path: Path) -> None:
+    # bf16-true converts the student's weights and batches, not the teacher kept outside the module
+    cfg = compose_config([*TINY, f"paths.data_dir={data_dir}", "model.patch_size=4", f"distill.teacher={teacher}",
+                          "trainer.precision=bf16-true", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                          "trainer.limit_val_batches=1", "robustness=true", "robustness_images=20", "logger=csv"],
+                         tmp_path / "bf16")
+    metrics = train(cfg)  # fit, calibration, the detector, the test and the benchmark, all on bf16 weights
+    assert metrics["global_step"] == 2 and "teacher_time_s" in metrics and "test/mca" in metrics
+
+
 def test_a_distilled_student_loads_predicts_and_exports_without_its_teacher(student, tmp_path: Path) -> None:
     ckpt, metrics, _ = student
     assert metrics["teacher_time_s"] > 0 and 0 < metrics["teacher_share"] < 1
@@ -185,7 +207,7 @@ def test_bad_teachers_are_refused_before_any_work(teacher: Path, tmp_path: Path,
 
     # from the command line: one paragraph, and no run folder left behind
     log_dir = tmp_path / "outputs"
-    env = {**os.environ, "VIT_MNIST_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(VIT_MNIST_DATA_DIR=str(data_dir))
     result = subprocess.run([sys.executable, "-m", "vit_mnist.train", f"distill.teacher={tmp_path / 'nope.ckpt'}",
                              f"paths.log_dir={log_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
@@ -213,7 +235,7 @@ def test_old_checkpoints_keep_their_layout() -> None:
 @pytest.mark.parametrize("args", [[*OPTIONS["spt"], *OPTIONS["lsa"]], [*OPTIONS["seq"], "experiment=robust_vit"]],
                          ids=["spt+lsa", "robust_vit+seq"])
 def test_cli_debug_runs(args: list[str], data_dir: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "VIT_MNIST_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(VIT_MNIST_DATA_DIR=str(data_dir))
     result = subprocess.run([sys.executable, "-m", "vit_mnist.train", *args, "debug=fdr", "data.val_size=100",
                              "data.download=false", "model.hidden_dim=32", "model.depth=1", "model.heads=2",
                              f"paths.log_dir={tmp_path / 'outputs'}"], cwd=tmp_path, env=env, capture_output=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import TINY
+from tests.conftest import TINY, subprocess_env
 from vit_mnist.errors import UserError
 from vit_mnist.training.fit import build, train
 from vit_mnist.training.module import ViTClassifier
@@ -128,7 +127,7 @@ def test_bad_init_from_path_stops_the_cli_before_any_run_folder(data_dir: Path, 
     result = subprocess.run(
         [sys.executable, "-m", "vit_mnist.train", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
          f"model.init_from={junk}"],
-        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+        capture_output=True, text=True, cwd=ROOT, env=subprocess_env(), timeout=120,
     )
     assert result.returncode == 2
     assert "is not a readable vit-mnist checkpoint" in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr

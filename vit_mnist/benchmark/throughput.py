@@ -26,7 +26,7 @@ from vit_mnist.errors import UserError
 from vit_mnist.models.registry import build_network, model_arch
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.reports.files import write_json
-from vit_mnist.runtime.hardware import cpu_model, isa_summary, resolve_device, warn_if_slow_bf16
+from vit_mnist.runtime.hardware import cpu_model, isa_summary, resolve_device, synchronize, warn_if_slow_bf16
 from vit_mnist.training.checks import check_model
 from vit_mnist.training.fit import compile_network
 from vit_mnist.training.module import ViTClassifier
@@ -69,12 +69,6 @@ class Row:
     inference: float
     pipeline: float | None = None  # our DataLoader + on-device augmentation + the Lightning training step
     matmul_share: float | None = None  # of the profiled train step's time, in matrix multiplies and attention
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work, so the clock measures it (CPU work is never queued)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -29,35 +29,37 @@ Corruption = Callable[[torch.Tensor, object, torch.Generator], torch.Tensor]
 # --------------------------------------------------------------------------------------------------- helpers
 
 def _rand(gen: torch.Generator, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.rand(tuple(shape), generator=gen).to(device)
+    return torch.rand(tuple(shape), generator=gen, device=gen.device).to(device)
 
 
 def _randn(gen: torch.Generator, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=gen).to(device)
+    return torch.randn(tuple(shape), generator=gen, device=gen.device).to(device)
 
 
 def _signs(gen: torch.Generator, n: int, device: torch.device) -> torch.Tensor:
-    return torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(device)
+    return torch.where(torch.rand(n, generator=gen, device=gen.device) < 0.5, -1.0, 1.0).to(device)
 
 
-def gaussian_kernel1d(sigma: torch.Tensor | float, radius: int | None = None) -> torch.Tensor:
+def gaussian_kernel1d(sigma: torch.Tensor | float, radius: int | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
     """Normalised 1D Gaussian weights, (len(sigma), 2r+1) for a tensor of sigmas; truncated at 4 sigma
-    (scikit-image's default), so the blur matches `skimage.filters.gaussian`."""
-    sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1).clamp_min(1e-3)
+    (scikit-image's default), so the blur matches `skimage.filters.gaussian`. The weights are made on the device of
+    a tensor `sigma` (or on `device`): on a GPU, the augmentation draws its sigmas there."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=device).reshape(-1).clamp_min(1e-3)
     radius = int(math.ceil(4.0 * float(sigma.max()))) if radius is None else radius
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=sigma.device)
     w = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
     return w / w.sum(dim=1, keepdim=True)
 
 
-def blur_matrix(sigma: torch.Tensor | float, size: int) -> torch.Tensor:
+def blur_matrix(sigma: torch.Tensor | float, size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(len(sigma), size, size) matrices M with M @ signal = the signal blurred along its length, edge values
-    repeated beyond the ends (skimage's `mode='nearest'`)."""
-    kernel = gaussian_kernel1d(sigma)  # (S, 2r+1)
-    r = kernel.shape[1] // 2
-    out = torch.arange(size).view(size, 1)
-    src = (out + torch.arange(-r, r + 1).view(1, -1)).clamp(0, size - 1)  # (size, 2r+1) source of each tap
-    matrix = torch.zeros(kernel.shape[0], size, size)
+    repeated beyond the ends (skimage's `mode='nearest'`); on the device of `gaussian_kernel1d`'s weights."""
+    kernel = gaussian_kernel1d(sigma, device=device)  # (S, 2r+1)
+    r, on = kernel.shape[1] // 2, kernel.device
+    out = torch.arange(size, device=on).view(size, 1)
+    src = (out + torch.arange(-r, r + 1, device=on).view(1, -1)).clamp(0, size - 1)  # (size, 2r+1) source of each tap
+    matrix = torch.zeros(kernel.shape[0], size, size, device=on)
     matrix.scatter_add_(2, src.expand(kernel.shape[0], -1, -1), kernel[:, None, :].expand(-1, size, -1))
     return matrix
 
@@ -69,8 +71,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     with a long 1-pixel-wide kernel.
     """
     B, C, H, W = x.shape
-    rows = blur_matrix(sigma, H).to(x.device, x.dtype)
-    cols = blur_matrix(sigma, W).to(x.device, x.dtype)
+    rows = blur_matrix(sigma, H, device=x.device).to(x.dtype)
+    cols = blur_matrix(sigma, W, device=x.device).to(x.dtype)
     if rows.shape[0] > 1:  # per image: (B, 1, H, H) broadcast over channels
         rows, cols = rows[:, None], cols[:, None]
     return rows @ x @ cols.transpose(-1, -2)
@@ -208,8 +210,8 @@ def glass_blur(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) ->
     flat = x.reshape(B, C, H * W)
     for _ in range(iterations):
         move = (_rand(gen, (B, H, W), x.device) < 0.5).float()
-        dy = torch.randint(-delta, delta, (B, H, W), generator=gen).to(x.device) * move
-        dx = torch.randint(-delta, delta, (B, H, W), generator=gen).to(x.device) * move
+        dy = torch.randint(-delta, delta, (B, H, W), generator=gen, device=gen.device).to(x.device) * move
+        dx = torch.randint(-delta, delta, (B, H, W), generator=gen, device=gen.device).to(x.device) * move
         src = ((rows + dy).clamp(0, H - 1) * W + (cols + dx).clamp(0, W - 1)).long().reshape(B, 1, H * W)
         flat = torch.gather(flat, 2, src.expand(B, C, H * W))
     return gaussian_blur(flat.reshape(B, C, H, W), sigma).clamp(0.0, 1.0)
@@ -225,7 +227,7 @@ def motion_blur(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) -
     radius, sigma = int(level[0]), float(level[1])
     B = x.shape[0]
     angle = (_rand(gen, (B,), x.device) * 90.0 - 45.0) * (math.pi / 180.0)
-    taps = torch.arange(2 * radius + 1, dtype=torch.float32)
+    taps = torch.arange(2 * radius + 1, dtype=torch.float32, device="cpu")  # Python floats for the taps' weights
     weights = torch.exp(-0.5 * (taps / sigma) ** 2)
     weights = (weights / weights.sum()).tolist()
     step_x, step_y = torch.cos(angle) * 2.0 / x.shape[-1], -torch.sin(angle) * 2.0 / x.shape[-2]
@@ -308,7 +310,7 @@ def spatter(x: torch.Tensor, level: Sequence[float], gen: torch.Generator) -> to
 def dotted_line(x: torch.Tensor, lines: int, gen: torch.Generator) -> torch.Tensor:
     """`lines` dashed lines (2 pixels on, 2 off) across the whole image, from and to random rows."""
     B, _, H, W = x.shape
-    rows = torch.randint(0, H - 1, (B, int(lines), 2), generator=gen).float().to(x.device)
+    rows = torch.randint(0, H - 1, (B, int(lines), 2), generator=gen, device=gen.device).float().to(x.device)
     starts = torch.stack([torch.zeros_like(rows[..., 0]), rows[..., 0]], dim=-1)
     ends = torch.stack([torch.full_like(rows[..., 1], W - 1.0), rows[..., 1]], dim=-1)
     canvas = torch.zeros_like(x)
@@ -324,14 +326,15 @@ def zigzag(x: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
     c0, c1, a, b = 2.0, 25.0, 2.0, 2.0
     out = x
     for _ in range(int(count)):
-        r0 = torch.randint(0, H - 1, (B,), generator=gen).float()
-        r1 = r0 + torch.randint(-5, 5, (B,), generator=gen).float()
+        # the corner points are drawn and laid out on the generator's device (the CPU), then moved to the batch
+        r0 = torch.randint(0, H - 1, (B,), generator=gen, device=gen.device).float()
+        r1 = r0 + torch.randint(-5, 5, (B,), generator=gen, device=gen.device).float()
         theta = torch.atan((r1 - r0) / (c1 - c0))
         length = (c1 - c0) / torch.cos(theta)
         teeth = int(float(length.max()) // (2 * a)) * 2 + 2
-        along = torch.arange(teeth + 1, dtype=torch.float32) * a  # corner points every `a` pixels
-        across = torch.where(torch.arange(teeth + 1) % 2 == 1, b, 0.0) * torch.where(
-            (torch.arange(teeth + 1) // 2) % 2 == 1, -1.0, 1.0)
+        corners = torch.arange(teeth + 1, device=r0.device)
+        along = corners.float() * a  # corner points every `a` pixels
+        across = torch.where(corners % 2 == 1, b, 0.0) * torch.where((corners // 2) % 2 == 1, -1.0, 1.0)
         along = torch.minimum(along[None, :], length[:, None])  # stop at the line's end
         cols = c0 + along * torch.cos(theta)[:, None] - across[None, :] * torch.sin(theta)[:, None]
         rows = r0[:, None] + along * torch.sin(theta)[:, None] + across[None, :] * torch.cos(theta)[:, None]

@@ -30,7 +30,7 @@ class InMemoryDataset(Dataset):
         return self.images[i], self.labels[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
+        idx = torch.as_tensor(indices, device="cpu")  # the dataset's tensors stay on the CPU; batches move later
         return self.images[idx], self.labels[idx]
 
 
@@ -123,7 +123,8 @@ class MNISTDataModule(LightningDataModule):
                     f"data.val_size={val_size} leaves no training images: the train split has {len(labels)}. "
                     f"Choose a smaller validation set."
                 )
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed),
+                                   device="cpu")
             train_idx, val_idx = order[val_size:], order[:val_size]
             self.train_set = InMemoryDataset(images[train_idx], labels[train_idx])
             self.val_set = InMemoryDataset(images[val_idx], labels[val_idx])
@@ -160,7 +161,10 @@ class MNISTDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        return self.transform(images, train=training), labels
+        x = self.transform(images, train=training)
+        if self.trainer is not None:  # Lightning converts batches before this hook: uint8 stays, so convert the
+            x = self.trainer.precision_plugin.convert_input(x)  # floats here (bf16 under bf16-true; else as is)
+        return x, labels
 
     def transform(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 (B, 1, H, W) on any device -> normalised float; random affine only when `train`."""

@@ -69,8 +69,8 @@ def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
 def check_inputs(batch: int, seed: int = 0, mean: float = 0.1307, std: float = 0.3081) -> torch.Tensor:
     """Normalised random images in the model's input range, for the export example and the parity check."""
     g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (batch, 1, 28, 28), generator=g).float() / 255.0
-    pixels *= torch.rand(batch, 1, 28, 28, generator=g) < 0.2  # mostly black, as digits are
+    pixels = torch.randint(0, 256, (batch, 1, 28, 28), generator=g, device="cpu").float() / 255.0
+    pixels *= torch.rand(batch, 1, 28, 28, generator=g, device="cpu") < 0.2  # mostly black, as digits are
     return (pixels - mean) / std
 
 

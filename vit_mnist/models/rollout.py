@@ -18,7 +18,7 @@ def attention_rollout(attentions: list[torch.Tensor], pool: str = "cls", prefix_
     if not attentions or any(a is None for a in attentions):
         raise ValueError("attention_rollout needs the weights of every block: call the model with return_attention=True")
     batch, _, tokens, _ = attentions[0].shape
-    eye = torch.eye(tokens, device=attentions[0].device)
+    eye = torch.eye(tokens, device=attentions[0].device, dtype=torch.float32)  # in fp32 whatever the default dtype
     rollout = eye.expand(batch, tokens, tokens)
     for weights in attentions:
         a = weights.float().mean(dim=1) + eye  # residual stream: half the information skips the attention

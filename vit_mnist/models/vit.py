@@ -333,8 +333,10 @@ class Block(nn.Module):
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     """(grid*grid, dim) fixed 2D sine-cosine position code: half the channels encode the row, half the column."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+    # built on the CPU at construction (then copied into the position parameter, which moves with the module)
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64, device="cpu") / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64, device="cpu"),
+                                torch.arange(grid, dtype=torch.float64, device="cpu"),
                                 indexing="ij")
     codes = [torch.cat([torch.sin(p.reshape(-1, 1) * omega), torch.cos(p.reshape(-1, 1) * omega)], dim=1)
              for p in (rows, cols)]

@@ -158,10 +158,10 @@ def write_test_reports(
     write_json(paths["classification_report_json"], report)
     write_atomic(paths["classification_report_md"], markdown)
 
-    matrix = torch.tensor(report["confusion_matrix"])
+    matrix = torch.tensor(report["confusion_matrix"], device="cpu")
     write_confusion_csv(paths["confusion_matrix_csv"], matrix, class_names)
     save_figure(confusion_figure(matrix, class_names), paths["confusion_matrix_png"])
-    empty = torch.empty(0)
+    empty = torch.empty(0, device="cpu")
     save_figure(misclassified_figure(results.get("wrong_images", empty), results.get("wrong_targets", empty),
                                      results.get("wrong_preds", empty), results.get("wrong_confidence", empty),
                                      class_names), paths["misclassified_png"])

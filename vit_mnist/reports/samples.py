@@ -78,7 +78,7 @@ class ReportSamples:
                     picked.append(i)
                     if len(have) == self.num_examples:
                         break
-        return torch.tensor(picked, dtype=torch.long)
+        return torch.tensor(picked, dtype=torch.long, device=targets.device)
 
     def add_examples(self, images: torch.Tensor, targets: torch.Tensor, preds: torch.Tensor, maps: torch.Tensor) -> None:
         """Add example images (pixels in [0, 1]) with their labels, predictions and attention maps."""

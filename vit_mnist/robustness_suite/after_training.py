@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from vit_mnist.data.digit_sets import digit_sets_for
 from vit_mnist.data.non_digits import load_non_digit_sets
 from vit_mnist.reports.robustness import write_reports
@@ -15,18 +17,20 @@ from vit_mnist.robustness_suite.suite import build_suite, seen_names
 
 
 def measure_after_training(module: Any, datamodule: Any, augment: dict | None, corruptions: Any, out_dir: Path,
-                           loggers: Sequence[Any], step: int, num_images: int | None = None, seed: int = 0
-                           ) -> dict[str, Any]:
+                           loggers: Sequence[Any], step: int, num_images: int | None = None, seed: int = 0,
+                           device: torch.device | None = None) -> dict[str, Any]:
     """Score the module on the suite `corruptions` (conf/corruptions/) and the digit sets, write the reports into
     `out_dir`, return the metrics.json entries. `num_images` keeps the first N test images and the first N digits
     of each digit set (null: all). The out-of-domain benchmark uses the module's `ood_detector` when it has one,
-    else one fitted on the run's training and validation images; `num_images` caps it too."""
+    else one fitted on the run's training and validation images; `num_images` caps it too. `device`: where to score,
+    the trainer's device (after `trainer.test` Lightning has moved the module back to the CPU); default: the
+    module's."""
     suite = build_suite(corruptions)
     datamodule.setup("test")
     images, labels = datamodule.test_set.images, datamodule.test_set.labels
     if num_images:
         images, labels = images[:num_images], labels[:num_images]
-    device = next(module.parameters()).device
+    device = device if device is not None else next(module.parameters()).device
     scorer = Scorer(module, datamodule.mean, datamodule.std, bool(module.hparams.get("tta", False)), device,
                     len(datamodule.class_names), datamodule.hparams.eval_batch_size)
     extra = {"num_parameters": module.num_parameters, "arch": module.arch}

@@ -86,11 +86,11 @@ def fit_class_gaussians(features: torch.Tensor, labels: torch.Tensor, num_classe
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise UserError(f"The images for the Mahalanobis statistics have no example of class(es) {missing}: fit them "
                         "on more training images (every class needs some).")
-    means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64).index_add_(0, y, f) / counts[:, None]
+    means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64, device=f.device).index_add_(0, y, f) / counts[:, None]
     centred = f - means[y]
     covariance = centred.T @ centred / len(f)
     ridge = shrinkage * float(covariance.diagonal().mean()) + 1e-12
-    precision = torch.linalg.inv(covariance + ridge * torch.eye(f.shape[1], dtype=torch.float64))
+    precision = torch.linalg.inv(covariance + ridge * torch.eye(f.shape[1], dtype=torch.float64, device=f.device))
     return means, (precision + precision.T) / 2
 
 
@@ -119,9 +119,9 @@ def confidence_threshold(top1: torch.Tensor, correct: torch.Tensor, precision: f
     p, ok = top1.double().flatten(), correct.bool().flatten()
     order = torch.argsort(p, descending=True)
     p, ok = p[order], ok[order]
-    right = torch.cumsum(ok.double(), 0) / torch.arange(1, len(p) + 1, dtype=torch.float64)
+    right = torch.cumsum(ok.double(), 0) / torch.arange(1, len(p) + 1, dtype=torch.float64, device=p.device)
     # a cut between tied probabilities is no cut: look only at the last image of each run of equal ones
-    last = torch.ones(len(p), dtype=torch.bool)
+    last = torch.ones(len(p), dtype=torch.bool, device=p.device)
     last[:-1] = p[1:] != p[:-1]
     good = torch.nonzero(last & (right >= precision)).flatten()
     if not len(good):
@@ -339,7 +339,8 @@ def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
     # BinaryAUROC squashes values outside [0, 1] with a sigmoid, which ties large scores: give it their ranks
     _, ranks = torch.unique(scores, sorted=True, return_inverse=True)
     preds = ranks.double() / max(1, int(ranks.max()))
-    target = torch.cat([torch.zeros(len(in_scores.flatten())), torch.ones(len(out_scores.flatten()))]).long()
+    target = torch.cat([torch.zeros(len(in_scores.flatten()), device=scores.device),
+                        torch.ones(len(out_scores.flatten()), device=scores.device)]).long()
     return float(BinaryAUROC()(preds, target))
 
 

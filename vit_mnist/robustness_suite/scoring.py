@@ -98,6 +98,7 @@ class Scorer:
         for start in range(0, len(images), self.batch_size):
             x = images[start:start + self.batch_size].to(self.device).float().div_(255.0)
             x = (x - self.mean) / self.std  # the data module's transform, op for op
+            x = x.to(next(net.parameters()).dtype)  # weights trained in bf16-true/16-true are in that dtype
             if features:
                 z, f = logits_and_features(net, x, self.tta)
                 feats.append(f.float().cpu())

@@ -60,7 +60,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         log.warning("No temperature to fit: %s. The model stays uncalibrated (temperature 1); a larger validation "
                     "split (data.val_size) or a longer run gives one.", reason)
         return 1.0
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, device=z.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-14,
                                   line_search_fn="strong_wolfe")
 
@@ -99,6 +99,7 @@ def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, 
         try:
             for start in range(0, len(images), batch_size):
                 x = datamodule.transform(images[start:start + batch_size].to(device), train=False)
+                x = x.to(next(module.net.parameters()).dtype)  # bf16 weights under bf16-true: batches to match
                 with trainer.precision_plugin.test_step_context():
                     z, f = logits_and_features(module.net, x, tta, features)
                 logits.append(z.float().cpu())

@@ -143,7 +143,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         metrics["teacher_time_s"] = round(module.teacher_time_s, 2)
         metrics["teacher_share"] = round(module.teacher_time_s / throughput.train_time, 4) if throughput.train_time else None
     if trainer.is_global_zero:
-        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, datamodule)
+        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, datamodule,
+                   trainer.strategy.root_device)
     return metrics
 
 
@@ -155,14 +156,15 @@ def suite_config(cfg: DictConfig) -> Any:
 
 @rank_zero_only
 def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int,
-               datamodule: L.LightningDataModule) -> None:
-    """Rank zero: reports, the robustness benchmark when asked, metrics.json, TensorBoard hparams, a summary."""
+               datamodule: L.LightningDataModule, device: torch.device | None = None) -> None:
+    """Rank zero: reports, the robustness benchmark when asked (on `device`, the trainer's), metrics.json,
+    TensorBoard hparams, a summary."""
     if module.test_results:
         write_test_reports(module.test_results, out_dir, module.class_names, loggers, step, map_title=module.map_title)
         if cfg.get("robustness"):  # the corruption benchmark on the tested weights
             started = time.perf_counter()
             metrics.update(measure_after_training(module, datamodule, cfg.data.get("augment"), suite_config(cfg),
-                                                  out_dir, loggers, step, cfg.get("robustness_images")))
+                                                  out_dir, loggers, step, cfg.get("robustness_images"), device=device))
             metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
     hp_metrics = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
     for logger in loggers:

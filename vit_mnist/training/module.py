@@ -27,6 +27,7 @@ from vit_mnist.models.registry import MAP_TITLES, build_network, model_arch, rel
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.reports.samples import CALIBRATION_BINS, ReportSamples
 from vit_mnist.robustness_suite.ood import CHECKPOINT_KEY as DETECTOR_KEY, OODDetector
+from vit_mnist.runtime.hardware import synchronize
 from vit_mnist.models.tta import tta_logits
 from vit_mnist.training.distill import distillation_loss
 
@@ -184,17 +185,19 @@ class ViTClassifier(LightningModule):
         self._teacher = [teacher.eval()]
 
     def on_fit_start(self) -> None:
-        if self._teacher:
-            self._teacher[0].to(self.device)
+        if self._teacher:  # onto the student's device, and its dtype under bf16-true/16-true (mixed: autocast)
+            self._teacher[0].to(device=self.device, dtype=next(self.net.parameters()).dtype)
 
     def _distill_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
         if not self._teacher:
             raise RuntimeError("distill.teacher is set but no teacher was attached: build the module with "
                                "vit_mnist.training.fit.build")
+        synchronize(images.device)  # a GPU runs asynchronously: the clock waits for the work it measures
         started = time.perf_counter()
         with torch.no_grad():  # the teacher sees the same augmented batch, in eval mode, and learns nothing
             teacher_logits = self._teacher[0](images)
+        synchronize(images.device)
         self.teacher_time_s += time.perf_counter() - started
         logits, dist_logits = self.net.forward_heads(images)
         d = self.hparams.distill
@@ -272,7 +275,7 @@ class ViTClassifier(LightningModule):
         self.log(f"{self.eval_prefix}/f1_macro", results["f1_macro"], sync_dist=False)
         for name in ("ece", "ece_raw", "nll", "nll_raw"):  # ece, nll: calibrated; *_raw: before calibration
             self.log(f"{self.eval_prefix}/{name}", results[name], sync_dist=False)
-        results["temperature"] = torch.tensor(self.temperature, dtype=torch.float64)
+        results["temperature"] = torch.tensor(self.temperature, dtype=torch.float64, device="cpu")
         self.test_results = {k: v.detach().cpu() for k, v in results.items()}
         self.test_results.update(self.test_samples.compute())  # gathered from every process
         self.test_samples.reset()

@@ -12,7 +12,7 @@ import sys
 from vit_mnist import load_model
 from vit_mnist.data import load_split
 from vit_mnist.data.non_digits import make_non_digits, non_digit_sets_for
-from vit_mnist.robustness_suite.ood import VERDICTS
+from vit_mnist.ood.detector import VERDICTS
 
 
 def main(ckpt: str, data_dir: str) -> None:

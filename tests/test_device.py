@@ -15,7 +15,7 @@ from vit_mnist.data.augment import AugmentConfig, augment
 from vit_mnist.data.corruptions import gaussian_blur, gaussian_kernel1d
 from vit_mnist.inference.export import export
 from vit_mnist.inference.predictor import Predictor
-from vit_mnist.robustness_suite import after_training
+from vit_mnist.robustness_suite import benchmark
 from vit_mnist.robustness_suite.scoring import Scorer
 from vit_mnist.training.fit import train
 
@@ -65,7 +65,7 @@ def test_training_testing_and_deployment_make_their_tensors_on_the_data_s_device
     module to after the test: the after-fit benchmark must score on the trainer's device, not the module's."""
     monkeypatch.setattr(SingleDeviceStrategy, "root_device", property(lambda self: torch.device("cpu", 0)))
     scored_on: list[torch.device] = []
-    monkeypatch.setattr(after_training, "Scorer", type("RecordingScorer", (Scorer,), {
+    monkeypatch.setattr(benchmark, "Scorer", type("RecordingScorer", (Scorer,), {
         "__init__": lambda self, module, *args: (scored_on.append(args[3]), Scorer.__init__(self, module, *args))[1]}))
     limits = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "logger=csv"]
     with DeviceCheck() as check:

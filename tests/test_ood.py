@@ -14,27 +14,36 @@ import torch
 from tests.conftest import compose_config
 from vit_mnist.errors import UserError
 from vit_mnist.models.cnn import CNNConfig, SmallCNN
+from vit_mnist.models.outputs import logits_and_features
 from vit_mnist.models.tta import tta_logits
-from vit_mnist.models.vit import ViTConfig, VisionTransformer
-from vit_mnist.robustness_suite.ood import (SCORES, FitData, OODDetector, OODMeter, acceptance_threshold, auroc,
-                                            confidence_threshold, energy_score, fit_class_gaussians, fit_detectors,
-                                            logits_and_features, mahalanobis_score, msp_score, split_fit_data)
+from vit_mnist.models.vit import VisionTransformer, ViTConfig
+from vit_mnist.ood.detector import FitData, OODDetector, fit_detectors, split_fit_data
+from vit_mnist.ood.scores import (
+    SCORES,
+    Energy,
+    Mahalanobis,
+    MaxSoftmax,
+    fit_class_gaussians,
+    mahalanobis_score,
+)
+from vit_mnist.ood.thresholds import acceptance_threshold, confidence_threshold
+from vit_mnist.robustness_suite.ood_benchmark import OODMeter, auroc, detector_for
 
 EVAL = ["data.eval_batch_size=100", "data.download=false"]
 
 
 def test_msp_and_energy_score_a_flat_answer_above_a_sure_one() -> None:
     logits = torch.tensor([[12.0, 0.0, 0.0], [1.0, 1.0, 1.0], [3.0, 2.9, 0.0]])
-    msp = msp_score(logits)
+    msp = MaxSoftmax()(logits)
     assert msp[1] == pytest.approx(math.log(3)) and msp[0] < 1e-4 < msp[2] < msp[1]
-    assert torch.isfinite(msp_score(torch.tensor([[300.0, 0.0]]))).all()  # no overflow ...
+    assert torch.isfinite(MaxSoftmax()(torch.tensor([[300.0, 0.0]]))).all()  # no overflow ...
     # ... and no saturation: two very sure answers keep their order, where 1 - max softmax is 0.0 for both
-    assert msp_score(torch.tensor([[40.0, 0.0]]))[0] > msp_score(torch.tensor([[50.0, 0.0]]))[0]
-    energy = energy_score(logits)
+    assert MaxSoftmax()(torch.tensor([[40.0, 0.0]]))[0] > MaxSoftmax()(torch.tensor([[50.0, 0.0]]))[0]
+    energy = Energy()(logits)
     assert energy[0] < energy[2] and energy[0] < energy[1]
     assert energy[1] == pytest.approx(-(1 + math.log(3)))
     # a temperature flattens the softmax: the sure answer's msp score rises
-    assert msp_score(logits[:1], temperature=4.0)[0] > msp[0]
+    assert MaxSoftmax()(logits[:1], temperature=4.0)[0] > msp[0]
 
 
 def test_mahalanobis_weighs_each_direction_by_the_data_spread() -> None:
@@ -92,7 +101,7 @@ def test_the_confidence_threshold_keeps_the_confident_answers_right() -> None:
 
 
 def detector(**kwargs) -> OODDetector:
-    return OODDetector("energy", ood_threshold=kwargs.get("ood", -5.0), unsure_threshold=kwargs.get("unsure", 0.9))
+    return OODDetector(Energy(), ood_threshold=kwargs.get("ood", -5.0), unsure_threshold=kwargs.get("unsure", 0.9))
 
 
 def test_verdicts_follow_the_thresholds() -> None:
@@ -105,14 +114,14 @@ def test_verdicts_follow_the_thresholds() -> None:
 
 def test_the_detector_goes_into_a_checkpoint_and_back(tmp_path: Path) -> None:
     means, precision = torch.randn(10, 4), torch.eye(4) * 2
-    original = OODDetector("mahalanobis", 123.5, 0.75, 0.8, means, precision, {"threshold_images": 50})
+    original = OODDetector(Mahalanobis(means, precision), 123.5, 0.75, 0.8, {"threshold_images": 50})
     path = tmp_path / "d.pt"
     torch.save({"ood_detector": original.state_dict()}, path)
     state = torch.load(path, weights_only=True)["ood_detector"]  # plain data: loads without running code
     back = OODDetector.from_state(state)
-    assert (back.score, back.ood_threshold, back.unsure_threshold, back.temperature) == ("mahalanobis", 123.5, 0.75,
+    assert (back.name, back.ood_threshold, back.unsure_threshold, back.temperature) == ("mahalanobis", 123.5, 0.75,
                                                                                         pytest.approx(0.8))
-    assert torch.equal(back.class_means, means) and torch.equal(back.precision, precision)
+    assert torch.equal(back.score.class_means, means) and torch.equal(back.score.precision, precision)
     features = torch.randn(6, 4)
     assert torch.allclose(back.scores(torch.zeros(6, 10), features), original.scores(torch.zeros(6, 10), features))
     for broken in ({**state, "score": "magic"}, {**state, "precision": torch.eye(3)}, {"score": "energy"},
@@ -172,20 +181,18 @@ def test_fitted_thresholds_accept_99_percent_of_their_digits() -> None:
 
 
 def test_a_stored_detector_is_used_and_unreadable_data_means_none() -> None:
-    from vit_mnist.robustness_suite.ood import detector_for
-
     class Stub:  # what detector_for reads of a Scorer; it must not run the network for a stored detector
         module, num_classes = torch.nn.Identity(), 10
 
         def outputs(self, images: torch.Tensor, features: bool = True) -> None:
             raise AssertionError("no forward pass for a stored detector")
 
-    stored = OODDetector("energy", -3.0, 0.8).state_dict()
+    stored = OODDetector(Energy(), -3.0, 0.8).state_dict()
     def never() -> None:
         pytest.fail("no data read for a stored detector")
 
     detector, source, others = detector_for(Stub(), stored, None, never)
-    assert detector.score == "energy" and detector.ood_threshold == -3.0 and others == {}
+    assert detector.name == "energy" and detector.ood_threshold == -3.0 and others == {}
     assert source.startswith("stored in the checkpoint")
 
     def unreadable() -> None:
@@ -200,7 +207,7 @@ def test_a_stored_detector_is_used_and_unreadable_data_means_none() -> None:
 def test_the_meter_reports_each_score() -> None:
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(200, 10, generator=g) * 4
-    det = {s: OODDetector(s, 0.0, 0.6) for s in ("msp", "energy")}
+    det = {s: OODDetector(SCORES[s](), 0.0, 0.6) for s in ("msp", "energy")}
     det["msp"].ood_threshold = acceptance_threshold(det["msp"].scores(logits))
     det["energy"].ood_threshold = acceptance_threshold(det["energy"].scores(logits))
     meter = OODMeter(det["energy"], "made here", {"msp": det["msp"]})

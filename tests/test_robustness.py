@@ -26,7 +26,7 @@ from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.evaluation.robustness import robustness
 from vit_mnist.reports.robustness import OUTPUT_FILES, robustness_markdown
-from vit_mnist.robustness_suite.scoring import Scorer, per_class_accuracy, run_suite
+from vit_mnist.robustness_suite.scoring import ModelEntry, Scorer, per_class_accuracy, run_suite
 from vit_mnist.robustness_suite.suite import build_suite, seen_names
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.data.sources import get_spec
@@ -134,7 +134,7 @@ def test_benchmark_accuracy_equals_an_independent_count(tta: bool) -> None:
     labels[::3] = (labels[::3] + 1) % 10
     suite = build_suite(TABLE, only=["rotate", "fog", "thick"])
     scorer = Scorer(module, spec.mean, spec.std, tta, torch.device("cpu"), 10, batch_size=7)
-    results, shown = run_suite([("m", "m.ckpt", scorer, [], {})], images, labels, suite, seed=5, examples=4)
+    results, shown = run_suite([ModelEntry("m", "m.ckpt", scorer, [])], images, labels, suite, seed=5, examples=4)
     for spec_c in suite:
         corrupted = corrupt(images, spec_c.kind, spec_c.level, seed=5, name=spec_c.name)
         with torch.no_grad():
@@ -170,7 +170,7 @@ def test_other_writers_accuracy_equals_an_independent_count() -> None:
     spec = get_spec("mnist")
     images, labels = load_other_writers()
     scorer = Scorer(module, spec.mean, spec.std, False, torch.device("cpu"), 10, batch_size=500)
-    results, _ = run_suite([("m", "m.ckpt", scorer, [], {})], images[:20], labels[:20], [],
+    results, _ = run_suite([ModelEntry("m", "m.ckpt", scorer, [])], images[:20], labels[:20], [],
                            digit_sets=["other_writers"])
     with torch.no_grad():
         predicted = module((images.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
@@ -206,7 +206,7 @@ def test_pen_photos_are_deterministic_mnist_layout_digits_scored_by_an_independe
     module = tiny_module(seed=2).eval()
     spec = get_spec("mnist")
     scorer = Scorer(module, spec.mean, spec.std, False, torch.device("cpu"), 10, batch_size=5)
-    results, _ = run_suite([("m", "m.ckpt", scorer, [], {})], images, labels, [], seed=4, digit_sets=["pen_photos"])
+    results, _ = run_suite([ModelEntry("m", "m.ckpt", scorer, [])], images, labels, [], seed=4, digit_sets=["pen_photos"])
     with torch.no_grad():
         predicted = module((photos.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
     assert results[0].digit_sets["pen_photos"] == pytest.approx(float((predicted == labels).double().mean()), abs=1e-7)

@@ -22,7 +22,8 @@ from vit_mnist.inference import Predictor
 from vit_mnist.inference.files import predict, predict_files
 from vit_mnist.inference.predictor import verdict_message
 from vit_mnist.inference.web import create_app
-from vit_mnist.robustness_suite.ood import CHECKPOINT_KEY, DIGIT_ACCEPTANCE, VERDICTS
+from vit_mnist.ood.detector import CHECKPOINT_KEY, VERDICTS
+from vit_mnist.ood.thresholds import DIGIT_ACCEPTANCE
 from vit_mnist.training.checkpoints import read_checkpoint, write_checkpoint
 from vit_mnist.training.checks import validate
 

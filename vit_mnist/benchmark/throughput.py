@@ -19,14 +19,24 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.autograd import DeviceType
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from vit_mnist.data.datamodule import InMemoryDataset, MNISTDataModule
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import build_network, model_arch
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.reports.files import write_json
-from vit_mnist.runtime.hardware import cpu_model, isa_summary, resolve_device, synchronize, warn_if_slow_bf16
+from vit_mnist.runtime.hardware import (
+    cpu_model,
+    isa_summary,
+    resolve_device,
+    synchronize,
+    warn_if_slow_bf16,
+)
 from vit_mnist.training.checks import check_model
 from vit_mnist.training.fit import compile_network
 from vit_mnist.training.module import ViTClassifier

@@ -115,7 +115,12 @@ def handwriting_variation(images: torch.Tensor, cfg: AugmentConfig, generator: t
     The building blocks are the corruption benchmark's (vit_mnist.data.corruptions), drawn here from ranges; the
     benchmark marks the corruptions that resemble the augmentations a model was trained with as "seen".
     """
-    from vit_mnist.data.corruptions import elastic_warp, gaussian_blur, resample_resolution, stroke_width
+    from vit_mnist.data.corruptions import (
+        elastic_warp,
+        gaussian_blur,
+        resample_resolution,
+        stroke_width,
+    )
 
     x = images.clone()  # the caller's batch stays as it was (handwriting_p keeps part of it)
     B, _, H, W = x.shape

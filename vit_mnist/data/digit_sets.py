@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from vit_mnist.data.other_writers import DESCRIPTION as OTHER_WRITERS, load_other_writers
-from vit_mnist.data.pen_photos import DESCRIPTION as PEN_PHOTOS, PEN_PHOTOS_IMAGES, make_pen_photos
+from vit_mnist.data.other_writers import DESCRIPTION as OTHER_WRITERS
+from vit_mnist.data.other_writers import load_other_writers
+from vit_mnist.data.pen_photos import DESCRIPTION as PEN_PHOTOS
+from vit_mnist.data.pen_photos import PEN_PHOTOS_IMAGES, make_pen_photos
 from vit_mnist.data.sources import is_handwritten
 
 # name -> (row label in reports, what it is); each is reported apart from the corruption mean (mCA)

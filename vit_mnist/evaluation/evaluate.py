@@ -9,7 +9,11 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vit_mnist.errors import UserError
-from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule, use_val_split
+from vit_mnist.evaluation.checkpoint_data import (
+    checked_dataset,
+    checkpoint_datamodule,
+    use_val_split,
+)
 from vit_mnist.reports.classification import summary_metrics, write_test_reports
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer, instantiate_group

@@ -10,14 +10,17 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from vit_mnist.data.digit_sets import DIGIT_SETS, digit_sets_for
-from vit_mnist.data.non_digits import load_non_digit_sets
 from vit_mnist.errors import UserError
-from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule, run_name
+from vit_mnist.evaluation.checkpoint_data import (
+    checked_dataset,
+    checkpoint_datamodule,
+    run_name,
+)
+from vit_mnist.ood.detector import CHECKPOINT_KEY, check_score, fit_data_from
 from vit_mnist.reports.files import write_json
 from vit_mnist.reports.robustness import print_results, robustness_json, write_reports
-from vit_mnist.robustness_suite.ood import CHECKPOINT_KEY, check_score, detector_for, fit_data_from
-from vit_mnist.robustness_suite.scoring import Scorer, run_suite
-from vit_mnist.robustness_suite.suite import CorruptionSpec, build_suite, seen_names
+from vit_mnist.robustness_suite.benchmark import model_entry, run_benchmark
+from vit_mnist.robustness_suite.suite import CorruptionSpec, build_suite
 from vit_mnist.runtime.build import instantiate_group
 from vit_mnist.runtime.hardware import resolve_device
 from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint
@@ -93,27 +96,20 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     num_images = cfg.get("num_images")
     if num_images:
         images, labels = images[:num_images], labels[:num_images]
-    scorers, ood_notes = [], []
+    entries = []
     for name, path, ckpt in zip(names, paths, ckpts):
-        module = module_from_checkpoint(ckpt, path)
-        tta = bool(module.hparams.get("tta", False)) if cfg.get("tta") is None else bool(cfg.tta)
-        augment = (ckpt.get("datamodule_hyper_parameters") or {}).get("augment")
-        scorer = Scorer(module, datamodule.mean, datamodule.std, tta, device, len(datamodule.class_names),
-                        int(cfg.batch_size))
-        extra = {"num_parameters": module.num_parameters, "arch": module.arch}
-        if cfg.get("ood", True):  # the checkpoint's detector, else one fitted on the data it recorded
-            scorer.detector, scorer.detector_source, scorer.others = detector_for(
-                scorer, ckpt.get(CHECKPOINT_KEY), cfg.get("ood_score"),
-                lambda ckpt=ckpt: fit_data_from(checkpoint_datamodule(ckpt, dataset, cfg.data)), num_images)
-            if scorer.detector is None:
-                ood_notes.append(f"{name}: {scorer.detector_source}")
-        scorers.append((name, str(Path(path).expanduser().resolve()), scorer, seen_names(suite, augment), extra))
+        # the checkpoint's detector, else one fitted on the data it recorded
+        entries.append(model_entry(
+            name, str(Path(path).expanduser().resolve()), module_from_checkpoint(ckpt, path), datamodule.mean,
+            datamodule.std, device, len(datamodule.class_names), int(cfg.batch_size), suite,
+            (ckpt.get("datamodule_hyper_parameters") or {}).get("augment"),
+            lambda ckpt=ckpt: fit_data_from(checkpoint_datamodule(ckpt, dataset, cfg.data)),
+            tta=None if cfg.get("tta") is None else bool(cfg.tta), ood=bool(cfg.get("ood", True)),
+            stored_detector=ckpt.get(CHECKPOINT_KEY), ood_score=cfg.get("ood_score"), limit=num_images))
     sets = [name for name in digit_sets_for(dataset) if bool(cfg.get(name, True))]
-    non_digits, notes = (load_non_digit_sets(dataset, cfg.data.data_dir, num_images, int(cfg.seed),
-                                             bool(cfg.data.get("download", False)))
-                         if cfg.get("ood", True) else ({}, []))
-    results, shown = run_suite(scorers, images, labels, suite, int(cfg.seed), int(cfg.examples), sets,
-                               digit_set_limit=num_images, non_digit_sets=non_digits, ood_notes=ood_notes + notes)
+    results, shown = run_benchmark(entries, images, labels, suite, int(cfg.seed), dataset, cfg.data.data_dir,
+                                   digit_sets=sets, limit=num_images, examples=int(cfg.examples),
+                                   ood=bool(cfg.get("ood", True)), download=bool(cfg.data.get("download", False)))
     loggers = instantiate_group(cfg.get("logger"))
     write_reports(results, suite, shown, out_dir, datamodule.class_names, len(labels), int(cfg.seed), loggers)
     for logger in loggers:

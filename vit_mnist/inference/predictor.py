@@ -12,7 +12,9 @@ import torch
 from vit_mnist.data.preprocess import ImageSource, preprocess
 from vit_mnist.data.sources import is_handwritten
 from vit_mnist.errors import UserError
-from vit_mnist.robustness_suite.ood import MIN_CONFIDENCE, VERDICTS, logits_and_features
+from vit_mnist.models.outputs import logits_and_features
+from vit_mnist.ood.detector import VERDICTS
+from vit_mnist.ood.thresholds import MIN_CONFIDENCE
 from vit_mnist.training.checkpoints import load_module
 from vit_mnist.training.module import ViTClassifier
 
@@ -24,7 +26,7 @@ class Answers:
     """What the model says about a batch: calibrated probabilities (B, K) and a verdict for each image."""
 
     probabilities: np.ndarray  # float64 (B, K), softmax(logits / temperature)
-    verdicts: list[str]  # "confident", "unsure" or "out_of_domain" (vit_mnist.robustness_suite.ood.VERDICTS)
+    verdicts: list[str]  # "confident", "unsure" or "out_of_domain" (vit_mnist.ood.detector.VERDICTS)
 
 
 def kind_of_image(dataset: str, handwritten: bool) -> str:

@@ -19,7 +19,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from vit_mnist.data.preprocess import MNIST_SIZE, check_layout, load_image, normalize, to_mnist_layout
+from vit_mnist.data.preprocess import (
+    MNIST_SIZE,
+    check_layout,
+    load_image,
+    normalize,
+    to_mnist_layout,
+)
 from vit_mnist.errors import UserError
 from vit_mnist.inference.predictor import Predictor
 from vit_mnist.models.registry import NAMES

@@ -11,7 +11,7 @@ from vit_mnist.models.registry import (
     network_config,
     relevance_maps,
 )
-from vit_mnist.models.vit import ViTConfig, VisionTransformer, count_parameters
+from vit_mnist.models.vit import VisionTransformer, ViTConfig, count_parameters
 
 __all__ = ["ARCHS", "MAP_TITLES", "NAMES", "CNNConfig", "SmallCNN", "ViTConfig", "VisionTransformer", "build_network",
            "check_model_config", "count_parameters", "model_arch", "network_config", "relevance_maps"]

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vit_mnist.models.vit import INPUT_NORMS, BackgroundNorm, is_fraction, is_positive_int
+from vit_mnist.models.vit import (
+    INPUT_NORMS,
+    BackgroundNorm,
+    is_fraction,
+    is_positive_int,
+)
 
 DEFAULT_WIDTHS = (32, 64, 128)
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from vit_mnist.models.cnn import CNNConfig, SmallCNN
 from vit_mnist.models.rollout import attention_rollout
-from vit_mnist.models.vit import ViTConfig, VisionTransformer
+from vit_mnist.models.vit import VisionTransformer, ViTConfig
 
 # model.arch -> the network class and its config dataclass (whose fields are the network's model.* keys).
 ARCHS: dict[str, tuple[type[nn.Module], type[ViTConfig] | type[CNNConfig]]] = {

@@ -17,6 +17,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from vit_mnist.models.registry import MAP_TITLES
 from vit_mnist.reports.figures import (
     attention_figure,
     calibration_figure,
@@ -25,7 +26,6 @@ from vit_mnist.reports.figures import (
     misclassified_figure,
     save_figure,
 )
-from vit_mnist.models.registry import MAP_TITLES
 from vit_mnist.reports.files import write_atomic, write_json
 from vit_mnist.reports.samples import CALIBRATION_BINS
 

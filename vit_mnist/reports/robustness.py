@@ -15,15 +15,21 @@ import torch
 
 from vit_mnist.data.digit_sets import DIGIT_SETS
 from vit_mnist.data.non_digits import NON_DIGIT_SETS
+from vit_mnist.ood.scores import SCORES
 from vit_mnist.reports.classification import tensorboard_writers
-from vit_mnist.reports.figures import figure_to_array, robustness_examples_figure, robustness_figure, save_figure
+from vit_mnist.reports.figures import (
+    figure_to_array,
+    robustness_examples_figure,
+    robustness_figure,
+    save_figure,
+)
 from vit_mnist.reports.files import write_atomic, write_json
 
 # `results` below are vit_mnist.robustness_suite.scoring.ModelResult, `suite` its CorruptionSpec list (that package
 # sits above this one, so they are not imported here).
 OUTPUT_FILES = ("robustness.md", "robustness.json", "robustness.csv", "robustness.png", "robustness_examples.png")
 OOD_FILES = ("ood.csv", "ood.png")  # when a model was given an out-of-domain detector
-OOD_SCORES = ("msp", "energy", "mahalanobis")  # vit_mnist.robustness_suite.ood.SCORES, in its order
+OOD_SCORES = tuple(SCORES)  # every registered score, in its order
 
 
 def _pct(value: float) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vit_mnist.errors import UserError
-from vit_mnist.reports.files import write_atomic
 from vit_mnist.reports.figures import save_figure
+from vit_mnist.reports.files import write_atomic
 
 SUMMARY_STEM = "sweep_summary"
 # model.* keys that describe a ViT's shape, shown as their own columns.

@@ -14,8 +14,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vit_mnist.data.corruptions import corrupt
 from vit_mnist.data.digit_sets import DIGIT_SETS, load_digit_set
-from vit_mnist.models.tta import tta_logits
-from vit_mnist.robustness_suite.ood import OODDetector, OODMeter, has_features, logits_and_features
+from vit_mnist.models.outputs import has_features, run_network
+from vit_mnist.ood.detector import OODDetector
+from vit_mnist.robustness_suite.ood_benchmark import OODMeter
 from vit_mnist.robustness_suite.suite import CorruptionSpec
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ModelResult:
     # each digit set's accuracy per class (NaN for a class the set lacks): where a model's misses sit
     digit_sets_per_class: dict[str, list[float]] = field(default_factory=dict)
     predictions: dict[str, list[int]] = field(default_factory=dict)  # the example digits' predicted classes
-    ood: Any = None  # vit_mnist.robustness_suite.ood.OODResult when the model had a detector
+    ood: Any = None  # vit_mnist.robustness_suite.ood_benchmark.OODResult when the model had a detector
 
     @property
     def other_writers(self) -> float | None:
@@ -88,24 +89,13 @@ class Scorer:
         detectors = [self.detector, *self.others.values()] if self.detector is not None else []
         return any(d.needs_features for d in detectors) and has_features(net)
 
-    @torch.inference_mode()
     def outputs(self, images: torch.Tensor, features: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (N, K) of uint8 (N, 1, H, W) on the CPU, batch by batch as `evaluate` runs them (same numbers),
         and the pre-logit features (N, D) when `features` (default: when the detector needs them), else None."""
         features = self.wants_features if features is None else features
         net = getattr(self.module, "net", self.module)  # the LightningModule's forward is its network's
-        logits, feats = [], []
-        for start in range(0, len(images), self.batch_size):
-            x = images[start:start + self.batch_size].to(self.device).float().div_(255.0)
-            x = (x - self.mean) / self.std  # the data module's transform, op for op
-            x = x.to(next(net.parameters()).dtype)  # weights trained in bf16-true/16-true are in that dtype
-            if features:
-                z, f = logits_and_features(net, x, self.tta)
-                feats.append(f.float().cpu())
-            else:
-                z = tta_logits(self.module, x) if self.tta else self.module(x)
-            logits.append(z.float().cpu())
-        return torch.cat(logits), torch.cat(feats) if features else None
+        return run_network(net, images, self.mean, self.std, tta=self.tta, features=features, device=self.device,
+                           batch_size=self.batch_size)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted classes of uint8 (N, 1, H, W)."""
@@ -131,7 +121,20 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: i
     return [float(r) if n else math.nan for r, n in zip(recall.tolist(), support.tolist(), strict=True)]
 
 
-def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], images: torch.Tensor, labels: torch.Tensor,
+@dataclass
+class ModelEntry:
+    """One model of a benchmark: its name in the reports, where it comes from, its scorer (module, normalisation,
+    shifts, device, detector) and the corruptions its training augmentation resembles ("seen")."""
+
+    name: str
+    source: str
+    scorer: Scorer
+    seen: list[str]
+    num_parameters: int = 0
+    arch: str = "vit"
+
+
+def run_suite(entries: Sequence[ModelEntry], images: torch.Tensor, labels: torch.Tensor,
               suite: Sequence[CorruptionSpec], seed: int = 0, examples: int = 6, digit_sets: Sequence[str] = (),
               digit_set_limit: int | None = None, non_digit_sets: Mapping[str, torch.Tensor] | None = None,
               ood_notes: Sequence[str] = ()) -> tuple[list[ModelResult], dict[str, torch.Tensor]]:
@@ -144,17 +147,18 @@ def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], image
     """
     results = []
     shown = {"clean": images[:examples]}
-    meters = [OODMeter(s.detector, s.detector_source, s.others) if s.detector is not None else None
-              for _, _, s, _, _ in scorers]
-    for (name, source, scorer, seen, extra), meter in zip(scorers, meters):
-        clean, preds, logits, feats = scorer.scored(images, labels)
+    scorers = [entry.scorer for entry in entries]
+    meters = [OODMeter(s.detector, s.detector_source, s.others) if s.detector is not None else None for s in scorers]
+    for entry, meter in zip(entries, meters):
+        clean, preds, logits, feats = entry.scorer.scored(images, labels)
         if meter is not None:
             meter.add_digits("clean", logits, feats)
         predictions = {"_targets": labels[:examples].tolist(), "clean": preds[:examples].tolist()}
-        results.append(ModelResult(name, source, clean, {}, seen, predictions=predictions, **extra))
+        results.append(ModelResult(entry.name, entry.source, clean, {}, entry.seen, entry.num_parameters, entry.arch,
+                                   predictions=predictions))
     for set_name in digit_sets:
         set_images, set_labels = load_digit_set(set_name, images, labels, seed, digit_set_limit)
-        for result, (_, _, scorer, _, _), meter in zip(results, scorers, meters):
+        for result, scorer, meter in zip(results, scorers, meters):
             acc, preds, logits, feats = scorer.scored(set_images, set_labels)
             result.digit_sets[set_name] = acc
             result.digit_sets_per_class[set_name] = per_class_accuracy(preds, set_labels, scorer.num_classes)
@@ -165,7 +169,7 @@ def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], image
         started = time.perf_counter()
         corrupted = corrupt(images, spec.kind, spec.level, seed=seed, name=spec.name)
         shown[spec.name] = corrupted[:examples]
-        for result, (_, _, scorer, _, _), meter in zip(results, scorers, meters):
+        for result, scorer, meter in zip(results, scorers, meters):
             acc, preds, logits, feats = scorer.scored(corrupted, labels)
             result.accuracy[spec.name] = acc
             result.predictions[spec.name] = preds[:examples].tolist()
@@ -174,7 +178,7 @@ def run_suite(scorers: Sequence[tuple[str, str, Scorer, list[str], dict]], image
         log.info("%-14s %s  (%.1f s)", spec.name, "  ".join(f"{r.accuracy[spec.name]:.4f}" for r in results),
                  time.perf_counter() - started)
     for set_name, set_images in (non_digit_sets or {}).items():
-        for (_, _, scorer, _, _), meter in zip(scorers, meters):
+        for scorer, meter in zip(scorers, meters):
             if meter is not None:
                 meter.add_non_digits(set_name, *scorer.outputs(set_images))
         log.info("%-14s AUROC %s", set_name, "  ".join(f"{m.result.auroc[set_name]:.4f}" for m in meters if m))

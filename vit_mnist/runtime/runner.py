@@ -25,8 +25,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from vit_mnist.errors import UserError, find_user_error, report
-from vit_mnist.runtime.console import quiet_known_noise
 from vit_mnist.reports.files import write_json
+from vit_mnist.runtime.console import quiet_known_noise
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from vit_mnist.robustness_suite.ood import logits_and_features
-from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint, write_checkpoint
+from vit_mnist.models.outputs import run_network
+from vit_mnist.training.checkpoints import (
+    module_from_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from vit_mnist.training.module import ViTClassifier
 
 log = logging.getLogger(__name__)
@@ -84,30 +88,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, features: bool = False
                     ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]:
-    """uint8 (N, 1, H, W) images -> (logits, pre-head features or None), the logits as the test step computes them:
-    the eval transform, test-time shifts when the run has `tta: true`, the distilled student's averaged heads, the
-    trainer's device and precision. Used after fitting by the calibration and the verdicts' detector."""
-    device = trainer.strategy.root_device
+    """uint8 (N, 1, H, W) images -> (logits, pre-head features or None), the logits as the test step computes them
+    (vit_mnist.models.outputs.run_network) on the trainer's device and in its precision."""
     batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
     tta = bool(module.hparams.get("tta", False))
 
-    @torch.inference_mode()
     def outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        was_training, original = module.training, next(module.parameters()).device
-        module.eval().to(device)
-        logits, feats = [], []
-        try:
-            for start in range(0, len(images), batch_size):
-                x = datamodule.transform(images[start:start + batch_size].to(device), train=False)
-                x = x.to(next(module.net.parameters()).dtype)  # bf16 weights under bf16-true: batches to match
-                with trainer.precision_plugin.test_step_context():
-                    z, f = logits_and_features(module.net, x, tta, features)
-                logits.append(z.float().cpu())
-                if f is not None:
-                    feats.append(f.float().cpu())
-        finally:
-            module.to(original).train(was_training)
-        return torch.cat(logits), (torch.cat(feats) if feats else None)
+        return run_network(module.net, images, datamodule.mean, datamodule.std, tta=tta, features=features,
+                           device=trainer.strategy.root_device, batch_size=batch_size,
+                           context=trainer.precision_plugin.test_step_context)
 
     return outputs
 

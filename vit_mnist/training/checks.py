@@ -12,7 +12,7 @@ from vit_mnist.data.datamodule import check_loader_options
 from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import network_config
-from vit_mnist.robustness_suite.ood import check_score
+from vit_mnist.ood.detector import check_score
 from vit_mnist.runtime.hardware import warn_if_slow_bf16
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options

@@ -8,17 +8,22 @@ from typing import Any
 import lightning as L
 
 from vit_mnist.errors import UserError
-from vit_mnist.robustness_suite.ood import (
+from vit_mnist.models.outputs import has_features
+from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
     DEFAULT_SCORE,
     check_score,
     fit_data_from,
     fit_detector,
-    has_features,
     split_fit_data,
 )
+from vit_mnist.ood.scores import SCORES
 from vit_mnist.training.calibration import network_outputs
-from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint, write_checkpoint
+from vit_mnist.training.checkpoints import (
+    module_from_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from vit_mnist.training.module import ViTClassifier
 
 log = logging.getLogger(__name__)
@@ -31,12 +36,12 @@ def fit_and_store(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ck
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     scorer = module_from_checkpoint(ckpt, ckpt_path, warn_uncalibrated=False) if ckpt is not None else module
     score = check_score(score) or DEFAULT_SCORE
-    if score == "mahalanobis" and not has_features(scorer.net):
-        score = "energy"  # a network from elsewhere without features: the logits' score
+    if SCORES[score].needs_features and not has_features(scorer.net):
+        score = "energy"  # a network from elsewhere without features: a score of the logits
     try:
         train, val = fit_data_from(datamodule)
         stats, held, where = split_fit_data(train, val, limit)
-        detector = fit_detector(network_outputs(trainer, scorer, datamodule, score == "mahalanobis"), stats, held,
+        detector = fit_detector(network_outputs(trainer, scorer, datamodule, SCORES[score].needs_features), stats, held,
                                 scorer.hparams.model.get("num_classes", 10), score, scorer.temperature)
     except (UserError, ValueError) as e:
         log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)

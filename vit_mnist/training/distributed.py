@@ -96,7 +96,9 @@ def hydra_ddp_job() -> Iterator[None]:
 
 def _process_observers() -> set[threading.Thread]:
     """Lightning's watcher threads over the rank processes its launcher started (one per launch)."""
-    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+    from lightning.fabric.strategies.launchers.subprocess_script import (
+        _ChildProcessObserver,
+    )
 
     return {t for t in threading.enumerate() if isinstance(t, _ChildProcessObserver)}
 

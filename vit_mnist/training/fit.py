@@ -16,9 +16,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
-from vit_mnist.reports.classification import summary_metrics, tensorboard_writers, write_test_reports
+from vit_mnist.reports.classification import (
+    summary_metrics,
+    tensorboard_writers,
+    write_test_reports,
+)
 from vit_mnist.reports.files import write_json
-from vit_mnist.robustness_suite.after_training import measure_after_training
 from vit_mnist.runtime.build import build_trainer, instantiate_group
 from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
@@ -111,6 +114,9 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
                  if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
     if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
         callbacks.append(NetworkSummary())  # also without a callbacks group (debug=fdr): the network, no metrics
+    if cfg.get("robustness") and cfg.get("test") and cfg.get("after_test"):  # the benchmark, right after the test
+        callbacks.append(hydra.utils.instantiate(cfg.after_test, corruptions=suite_config(cfg),
+                                                 augment=cfg.data.get("augment")))
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:
@@ -126,6 +132,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
+        for callback in trainer.callbacks:  # what ran after the test (the robustness benchmark) on rank zero
+            metrics.update(getattr(callback, "run_metrics", {}))
     metrics.update(
         {
             "num_parameters": module.num_parameters,
@@ -143,8 +151,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         metrics["teacher_time_s"] = round(module.teacher_time_s, 2)
         metrics["teacher_share"] = round(module.teacher_time_s / throughput.train_time, 4) if throughput.train_time else None
     if trainer.is_global_zero:
-        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, datamodule,
-                   trainer.strategy.root_device)
+        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step)
     return metrics
 
 
@@ -155,17 +162,10 @@ def suite_config(cfg: DictConfig) -> Any:
 
 
 @rank_zero_only
-def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int,
-               datamodule: L.LightningDataModule, device: torch.device | None = None) -> None:
-    """Rank zero: reports, the robustness benchmark when asked (on `device`, the trainer's), metrics.json,
-    TensorBoard hparams, a summary."""
+def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int) -> None:
+    """Rank zero: the test reports, metrics.json, TensorBoard hparams, a summary."""
     if module.test_results:
         write_test_reports(module.test_results, out_dir, module.class_names, loggers, step, map_title=module.map_title)
-        if cfg.get("robustness"):  # the corruption benchmark on the tested weights
-            started = time.perf_counter()
-            metrics.update(measure_after_training(module, datamodule, cfg.data.get("augment"), suite_config(cfg),
-                                                  out_dir, loggers, step, cfg.get("robustness_images"), device=device))
-            metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
     hp_metrics = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
     for logger in loggers:
         if tensorboard_writers([logger]):

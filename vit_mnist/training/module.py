@@ -23,12 +23,18 @@ from torchmetrics.classification import (
 )
 
 from vit_mnist.errors import UserError
-from vit_mnist.models.registry import MAP_TITLES, build_network, model_arch, relevance_maps
+from vit_mnist.models.outputs import logits_and_features
+from vit_mnist.models.registry import (
+    MAP_TITLES,
+    build_network,
+    model_arch,
+    relevance_maps,
+)
 from vit_mnist.models.vit import count_parameters
+from vit_mnist.ood.detector import CHECKPOINT_KEY as DETECTOR_KEY
+from vit_mnist.ood.detector import OODDetector
 from vit_mnist.reports.samples import CALIBRATION_BINS, ReportSamples
-from vit_mnist.robustness_suite.ood import CHECKPOINT_KEY as DETECTOR_KEY, OODDetector
 from vit_mnist.runtime.hardware import synchronize
-from vit_mnist.models.tta import tta_logits
 from vit_mnist.training.distill import distillation_loss
 
 log = logging.getLogger(__name__)
@@ -176,7 +182,7 @@ class ViTClassifier(LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], tta: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
-        logits = tta_logits(self, images) if tta else self(images)
+        logits, _ = logits_and_features(self.net, images, tta, features=False)  # as calibration and predict run it
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
         return loss, logits, labels
 

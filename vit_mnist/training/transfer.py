@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from omegaconf import ListConfig
 from torch import nn
 
-from vit_mnist.training.checkpoints import read_checkpoint
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import NAMES, model_arch
+from vit_mnist.training.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,174 @@
+"""The out-of-domain detector: one score with its statistics and two thresholds, turning a classifier's answers into
+verdicts (confident / unsure / out_of_domain); fitted on a run's digits and stored in its checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from vit_mnist.errors import UserError
+from vit_mnist.ood.scores import SCORES, Score
+from vit_mnist.ood.scores import check_score as _check_score
+from vit_mnist.ood.thresholds import (
+    CONFIDENT_PRECISION,
+    DIGIT_ACCEPTANCE,
+    acceptance_threshold,
+    confidence_threshold,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCORE = "mahalanobis"  # measured: docs/out_of_domain.md
+VERDICTS = ("confident", "unsure", "out_of_domain")
+FIT_IMAGES = 5000  # training images for the statistics of a score that has some (Mahalanobis)
+THRESHOLD_IMAGES = 5000  # validation images for the thresholds
+CHECKPOINT_KEY = "ood_detector"  # a checkpoint's stored detector (its state_dict())
+
+# uint8 images (N, 1, H, W) -> (logits, features or None), as the test computes them
+Outputs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class OODDetector:
+    """A score (with its statistics) and the thresholds fixed on validation data: an image scoring above
+    `ood_threshold` is `out_of_domain`; else a calibrated top-1 probability below `unsure_threshold` is `unsure`;
+    else `confident`. The probabilities it judges are softmax(logits / `temperature`), the calibration it was
+    fitted at. It goes into a checkpoint (CHECKPOINT_KEY) as `state_dict()` and comes back with `from_state`."""
+
+    score: Score
+    ood_threshold: float
+    unsure_threshold: float
+    temperature: float = 1.0  # the calibration the msp score and the probabilities use
+    info: dict[str, Any] = field(default_factory=dict)  # what it was fitted on (counts, targets)
+
+    @property
+    def name(self) -> str:
+        return self.score.name
+
+    @property
+    def needs_features(self) -> bool:
+        return self.score.needs_features
+
+    def scores(self, logits: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The outlier score (N,) of images with these logits (and features, for a score that needs them)."""
+        return self.score(logits, features, self.temperature)
+
+    def verdicts(self, probs: torch.Tensor, scores: torch.Tensor) -> list[str]:
+        """`confident`, `unsure` or `out_of_domain` for each image, from its calibrated probabilities (N, K) and
+        its outlier score (N,)."""
+        return [VERDICTS[i] for i in self.verdict_codes(probs, scores).tolist()]
+
+    def verdict_codes(self, probs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The verdicts as indices into VERDICTS (N,)."""
+        codes = torch.where(probs.max(dim=-1).values.double() < self.unsure_threshold, 1, 0)
+        return torch.where(scores.double().flatten() > self.ood_threshold, 2, codes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"score": self.name, "ood_threshold": float(self.ood_threshold),
+                "unsure_threshold": float(self.unsure_threshold), "temperature": float(self.temperature),
+                "info": dict(self.info), **self.score.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> OODDetector:
+        """The detector `state_dict()` saved; a `UserError` when the state is damaged."""
+        try:
+            numbers = [float(state[k]) for k in ("ood_threshold", "unsure_threshold", "temperature")]
+            if any(math.isnan(v) for v in numbers) or numbers[2] <= 0:
+                raise ValueError("a threshold is NaN or the temperature is not positive")
+            score = SCORES[str(state["score"])].from_state(state)
+        except (KeyError, TypeError, ValueError):
+            raise UserError("The checkpoint's out-of-domain detector is damaged (missing or invalid score, thresholds "
+                            "or statistics): the file was edited or comes from another version of vit-mnist. "
+                            "Retrain, or give another checkpoint.") from None
+        return cls(score, *numbers, info=dict(state.get("info") or {}))
+
+    def describe(self) -> str:
+        return self.score.describe(self.temperature)
+
+
+def check_score(score: Any) -> str | None:
+    """`score` if it names a registered score (None: the default); a `UserError` otherwise."""
+    return _check_score(score, DEFAULT_SCORE)
+
+
+@dataclass
+class FitData:
+    """Digits a detector is fitted on: images (uint8 (N, 1, H, W)) and their labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_classes: int,
+                  scores: Sequence[str] = tuple(SCORES), temperature: float = 1.0,
+                  held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict[str, OODDetector]:
+    """A detector for each of `scores`, from one pass over each set of digits: the statistics on `stats`, the
+    thresholds on `thresholds` (disjoint digits: a score fitted and thresholded on the same images would accept
+    them too easily). `outputs` maps uint8 images to (logits, features); `held_outputs`, when given, are the
+    thresholds' images' already (the after-fit step's one pass over validation). A score that needs features is
+    left out when the network gives none, unless it is the only one asked for (a `UserError`)."""
+    chosen = {name: SCORES[name]() for name in scores}
+    needing = [name for name, s in chosen.items() if s.needs_features]
+    if needing:
+        _, features = outputs(stats.images)
+        if features is None and len(needing) == len(chosen):
+            raise UserError(f"This network gives no features, so the {' and '.join(needing)} score cannot be fitted: "
+                            f"choose ood_score={' or ood_score='.join(n for n in SCORES if not SCORES[n].needs_features)}.")
+        for name in needing:
+            if features is None:
+                del chosen[name]
+            else:
+                chosen[name].fit(features, stats.labels, num_classes)
+    logits, features = held_outputs if held_outputs is not None else outputs(thresholds.images)
+    probs = (logits.double() / temperature).softmax(dim=-1)
+    top1, preds = probs.max(dim=-1)
+    unsure = confidence_threshold(top1, preds == thresholds.labels.to(preds.device))
+    info = {"threshold_images": len(thresholds.labels), "digit_acceptance": DIGIT_ACCEPTANCE,
+            "confident_precision": CONFIDENT_PRECISION}
+    detectors = {}
+    for name, score in chosen.items():
+        detector = OODDetector(score, math.nan, unsure, float(temperature),
+                               {"statistics_images": len(stats.labels) if score.needs_features else 0, **info})
+        detector.ood_threshold = acceptance_threshold(detector.scores(logits, features))
+        detectors[name] = detector
+    return detectors
+
+
+def fit_detector(outputs: Outputs, stats: FitData, thresholds: FitData, num_classes: int,
+                 score: str = DEFAULT_SCORE, temperature: float = 1.0,
+                 held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> OODDetector:
+    """The detector for `score` (see `fit_detectors`)."""
+    return fit_detectors(outputs, stats, thresholds, num_classes, (score,), temperature, held_outputs)[score]
+
+
+def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None) -> tuple[FitData, FitData, str]:
+    """The training images for the statistics and the validation images for the thresholds (each capped at
+    FIT_IMAGES / THRESHOLD_IMAGES, `limit` x 10 when given: a debug run's few), and a sentence saying which.
+    Without validation images, the last of the training images fix the thresholds, apart from the statistics'."""
+    fit_n, threshold_n = FIT_IMAGES, THRESHOLD_IMAGES
+    if limit:
+        fit_n, threshold_n = min(fit_n, 10 * limit), min(threshold_n, 10 * limit)
+    if val is not None and len(val.labels):
+        stats = FitData(train.images[:fit_n], train.labels[:fit_n])
+        held = FitData(val.images[:threshold_n], val.labels[:threshold_n])
+        where = (f"statistics on {len(stats.labels)} training images (no augmentation), thresholds on "
+                 f"{len(held.labels)} validation images")
+    else:
+        threshold_n = min(threshold_n, len(train.labels) // 2)
+        fit_n = min(fit_n, len(train.labels) - threshold_n)
+        stats = FitData(train.images[:fit_n], train.labels[:fit_n])
+        held = FitData(train.images[-threshold_n:], train.labels[-threshold_n:])
+        where = (f"statistics on {len(stats.labels)} training images, thresholds on {len(held.labels)} other "
+                 "training images (the run had no validation split: the thresholds are optimistic)")
+    return stats, held, where
+
+
+def fit_data_from(datamodule: Any) -> tuple[FitData, FitData | None]:
+    """A data module's training images (as stored: no augmentation) and validation images, for `fit_detector`."""
+    datamodule.setup("fit")
+    train, val = datamodule.train_set, datamodule.val_set
+    return FitData(train.images, train.labels), (FitData(val.images, val.labels) if val is not None else None)

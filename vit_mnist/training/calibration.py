@@ -1,4 +1,5 @@
-"""Temperature scaling (Guo et al., ICML 2017): one scalar fitted on the validation split after training."""
+"""Temperature scaling (Guo et al., ICML 2017): the fit of one scalar on validation logits, and the network's outputs
+as the test computes them on the trainer's device (the after-fit step, vit_mnist.training.after_fit, uses both)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from vit_mnist.models.outputs import run_network
-from vit_mnist.training.checkpoints import (
-    module_from_checkpoint,
-    read_checkpoint,
-    write_checkpoint,
-)
 from vit_mnist.training.module import ViTClassifier
 
 log = logging.getLogger(__name__)
@@ -99,55 +95,3 @@ def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, 
                            context=trainer.precision_plugin.test_step_context)
 
     return outputs
-
-
-def validation_logits(trainer: L.Trainer, module: ViTClassifier, datamodule: Any,
-                      max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation split's logits as the test step computes them (`network_outputs`), and its labels."""
-    images, labels = datamodule.val_set.images, datamodule.val_set.labels
-    if max_images is not None:
-        images, labels = images[:max_images], labels[:max_images]
-    return network_outputs(trainer, module, datamodule)(images)[0], labels.long().cpu()
-
-
-def _images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
-    """How many validation images the fit's validation loop saw (limit_val_batches, fast_dev_run); None: all."""
-    batches = [b for b in (getattr(trainer, "num_val_batches", None) or []) if math.isfinite(b)]
-    if not batches:
-        return None
-    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
-    return int(sum(batches)) * batch_size * max(1, int(trainer.world_size))
-
-
-def fit_on_validation(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "") -> dict[str, Any] | None:
-    """Fit the temperature on the weights of `ckpt_path` (else the in-memory `module`), store it in that file;
-    return the calibration, or None when there is no validation data."""
-    if getattr(datamodule, "val_set", None) is None or len(datamodule.val_set) == 0:
-        log.warning("No validation images: the model is not calibrated (temperature 1).")
-        return None
-    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
-    scorer = module_from_checkpoint(ckpt, ckpt_path, warn_uncalibrated=False) if ckpt is not None else module
-    logits, labels = validation_logits(trainer, scorer, datamodule, _images_validation_sees(trainer, datamodule))
-    temperature = fit_temperature(logits, labels)
-    calibration = {"temperature": temperature, "method": METHOD, "split": "val", "num_images": len(labels),
-                   "tta": bool(module.hparams.get("tta", False)), "val_nll": nll(logits, labels, temperature),
-                   "val_nll_raw": nll(logits, labels)}
-    if ckpt is not None:
-        ckpt["calibration"] = calibration
-        write_checkpoint(ckpt, ckpt_path)
-    log.info("Calibrated on %d validation images: temperature %.4f, NLL %.4f -> %.4f", len(labels), temperature,
-             calibration["val_nll_raw"], calibration["val_nll"])
-    return calibration
-
-
-def calibrate(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "") -> dict[str, float]:
-    """After `trainer.fit`: fit the temperature on the validation split (global rank zero), store it in the best
-    checkpoint so that testing it and every later load use it, and give it to `module` on every rank. Returns
-    the `calibration/*` metrics."""
-    calibration = fit_on_validation(trainer, module, datamodule, ckpt_path) if trainer.is_global_zero else None
-    calibration = trainer.strategy.broadcast(calibration, src=0)  # also the barrier: the file is written
-    module.set_calibration(calibration)
-    if calibration is None:
-        return {}
-    return {"calibration/temperature": calibration["temperature"], "calibration/val_nll": calibration["val_nll"],
-            "calibration/val_nll_raw": calibration["val_nll_raw"]}

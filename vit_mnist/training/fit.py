@@ -25,10 +25,9 @@ from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer, instantiate_group
 from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
-from vit_mnist.training.calibration import calibrate
+from vit_mnist.training.after_fit import fit_after_training
 from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.checks import check_before_run
-from vit_mnist.training.detector import fit_verdicts
 from vit_mnist.training.distributed import RankSeed, hydra_ddp_job
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.training.teacher import load_teacher
@@ -125,10 +124,10 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_count else math.nan
     metrics: dict[str, Any] = {"val/acc_best": val_best}
-    if cfg.get("calibrate", True):  # the temperature goes into the best checkpoint, before it is tested
-        metrics.update(calibrate(trainer, module, datamodule, best))
-    if cfg.get("verdicts", True):  # at the fitted temperature: after it, into the same checkpoint
-        metrics.update(fit_verdicts(trainer, module, datamodule, best, cfg.get("ood_score"), cfg.get("robustness_images")))
+    if cfg.get("calibrate", True) or cfg.get("verdicts", True):  # into the best checkpoint, before it is tested
+        metrics.update(fit_after_training(trainer, module, datamodule, best, calibrate=cfg.get("calibrate", True),
+                                          verdicts=cfg.get("verdicts", True), score=cfg.get("ood_score"),
+                                          limit=cfg.get("robustness_images")))
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them

@@ -115,7 +115,7 @@ class ViTClassifier(LightningModule):
         # "calibration" entry, not in the state dict, so that checkpoints from before it still load strictly.
         self.temperature: float = 1.0
         self.calibration: dict[str, Any] | None = None
-        # The out-of-domain detector and verdict thresholds fitted after training (vit_mnist.training.detector);
+        # The out-of-domain detector and verdict thresholds fitted after training (vit_mnist.training.after_fit);
         # like the temperature, a checkpoint entry of its own. None: the checkpoint has none.
         self.ood_detector: OODDetector | None = None
         self.test_samples = ReportSamples()  # per-image outputs for the report figures

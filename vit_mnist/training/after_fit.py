@@ -1,0 +1,127 @@
+"""After fitting, one step: the temperature (Guo et al., 2017) and the out-of-domain detector, fitted on the best
+checkpoint's weights and written into it once, then given to the module on every rank."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+
+from vit_mnist.errors import UserError
+from vit_mnist.models.outputs import has_features
+from vit_mnist.ood.detector import (
+    CHECKPOINT_KEY,
+    DEFAULT_SCORE,
+    check_score,
+    fit_data_from,
+    fit_detector,
+    split_fit_data,
+)
+from vit_mnist.ood.scores import SCORES
+from vit_mnist.training.calibration import METHOD, fit_temperature, network_outputs, nll
+from vit_mnist.training.checkpoints import (
+    module_from_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
+from vit_mnist.training.module import ViTClassifier
+
+log = logging.getLogger(__name__)
+
+
+def images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
+    """How many validation images the fit's validation loop saw (limit_val_batches, fast_dev_run); None: all."""
+    batches = [b for b in (getattr(trainer, "num_val_batches", None) or []) if math.isfinite(b)]
+    if not batches:
+        return None
+    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
+    return int(sum(batches)) * batch_size * max(1, int(trainer.world_size))
+
+
+def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "", *,
+                       calibrate: bool = True, verdicts: bool = True, score: str | None = None,
+                       limit: int | None = None) -> dict[str, Any]:
+    """After `trainer.fit`: on global rank zero, the temperature (`calibrate`) and then the detector at that
+    temperature (`verdicts`), from the weights of `ckpt_path` (else the in-memory `module`), stored in that file in
+    one write; on every rank, both given to `module`. Returns the `calibration/*` and `verdict/*` metrics."""
+    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, score, limit) \
+        if trainer.is_global_zero else None
+    calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
+    metrics: dict[str, Any] = {}
+    if calibrate:
+        module.set_calibration(calibration)
+        if calibration is not None:
+            metrics.update({"calibration/temperature": calibration["temperature"],
+                            "calibration/val_nll": calibration["val_nll"],
+                            "calibration/val_nll_raw": calibration["val_nll_raw"]})
+    if verdicts:
+        module.load_detector({CHECKPOINT_KEY: detector} if detector is not None else {})
+        if detector is not None:
+            metrics.update({"verdict/score": detector["score"], "verdict/ood_threshold": detector["ood_threshold"],
+                            "verdict/unsure_threshold": detector["unsure_threshold"]})
+    return metrics
+
+
+def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: bool, verdicts: bool,
+         score: str | None, limit: int | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(calibration, detector state), each None when not asked for or nothing to fit on; written into `ckpt_path`.
+
+    One pass of the network over the validation images serves both: the temperature is fitted on those the fit's
+    validation loop saw, the detector's thresholds on the first of them (its `split_fit_data`)."""
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    scorer = module_from_checkpoint(ckpt, ckpt_path, warn_uncalibrated=False) if ckpt is not None else module
+    score = check_score(score) or DEFAULT_SCORE
+    if SCORES[score].needs_features and not has_features(scorer.net):
+        score = "energy"  # a network from elsewhere without features: a score of the logits
+    features = verdicts and SCORES[score].needs_features
+    outputs = network_outputs(trainer, scorer, datamodule, features)
+    val = getattr(datamodule, "val_set", None)
+    has_val = val is not None and len(val) > 0
+    plan = None
+    if verdicts:
+        try:
+            train, val_data = fit_data_from(datamodule)
+            plan = split_fit_data(train, val_data, limit)
+        except UserError as e:
+            log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
+    calibration_n = images_validation_sees(trainer, datamodule) if calibrate and has_val else 0
+    threshold_n = len(plan[1].labels) if plan is not None and has_val else 0
+    needed = max((calibration_n or len(val)) if calibrate and has_val else 0, threshold_n)
+    held = outputs(val.images[:needed]) if needed else (None, None)
+
+    calibration = None
+    if calibrate and not has_val:
+        log.warning("No validation images: the model is not calibrated (temperature 1).")
+    elif calibrate:
+        logits, labels = held[0][:calibration_n or None], val.labels[:calibration_n or None].long().cpu()
+        temperature = fit_temperature(logits, labels)
+        calibration = {"temperature": temperature, "method": METHOD, "split": "val", "num_images": len(labels),
+                       "tta": bool(module.hparams.get("tta", False)), "val_nll": nll(logits, labels, temperature),
+                       "val_nll_raw": nll(logits, labels)}
+        scorer.set_calibration(calibration)
+        log.info("Calibrated on %d validation images: temperature %.4f, NLL %.4f -> %.4f", len(labels), temperature,
+                 calibration["val_nll_raw"], calibration["val_nll"])
+
+    state = None
+    if plan is not None:
+        stats, thresholds, where = plan
+        reuse = (held[0][:threshold_n], None if held[1] is None else held[1][:threshold_n]) if threshold_n else None
+        try:
+            detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
+                                    scorer.temperature, held_outputs=reuse)
+        except (UserError, ValueError) as e:
+            log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
+        else:
+            detector.info["fitted_on"] = where
+            state = detector.state_dict()
+            log.info("Out-of-domain detector: %s; %s; out_of_domain above %.4g, unsure below %.4f",
+                     detector.describe(), where, detector.ood_threshold, detector.unsure_threshold)
+    if ckpt is not None and (calibration is not None or state is not None):
+        if calibration is not None:
+            ckpt["calibration"] = calibration
+        if state is not None:
+            ckpt[CHECKPOINT_KEY] = state
+        write_checkpoint(ckpt, ckpt_path)
+    return calibration, state

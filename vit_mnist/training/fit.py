@@ -20,6 +20,7 @@ from vit_mnist.reports.classification import summary_metrics, tensorboard_writer
 from vit_mnist.reports.files import write_json
 from vit_mnist.robustness_suite.after_training import measure_after_training
 from vit_mnist.runtime.build import build_trainer, instantiate_group
+from vit_mnist.runtime.cluster import resume_checkpoint
 from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.training.calibration import calibrate
@@ -112,7 +113,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
         callbacks.append(NetworkSummary())  # also without a callbacks group (debug=fdr): the network, no metrics
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # a requeued cluster job goes on from its own last.ckpt rather than from epoch 0
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
     if trainer.interrupted:
         raise SystemExit(130)  # Ctrl+C: Lightning already stopped cleanly
 

@@ -57,7 +57,7 @@ def test_submitit_ddp_sweep_records_killed_jobs_and_goes_on(data_dir: Path, tmp_
     """hydra/launcher=submitit_local trainer=ddp_cpu: each job's 2 tasks form its DDP group; job 0 loses rank 0
     to `os._exit(137)` (as to the out-of-memory killer: no exception, no result), job 1 trains."""
     sweep_dir = tmp_path / "sweep"
-    result = run_cli(["-m", "hydra/launcher=submitit_local", "trainer=ddp_cpu", *FAST, "calibrate=false",
+    result = run_cli(["-m", "hydra/launcher=submitit_local", "trainer=ddp_cpu", *FAST, "logger=csv", "calibrate=false",
                       "verdicts=false", "+callbacks.exit._target_=tests.cluster_probe.ExitAt",
                       "+callbacks.exit.exit_code=137", "+callbacks.exit.rank=0,-1", f"hydra.sweep.dir={sweep_dir}"],
                      data_dir, tmp_path)

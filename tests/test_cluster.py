@@ -115,10 +115,27 @@ def test_slurm_launcher_follows_the_trainer(tmp_path: Path, monkeypatch: pytest.
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --time=240", "--kill-on-bad-exit=1"):
         assert line in sbatch, line
-    with pytest.raises(Exception, match="trainer.devices=4"):  # auto cannot be counted from a login node
-        OmegaConf.to_container(launcher_config("hydra/launcher=slurm", "trainer=ddp", sweep), resolve=True)
-    with pytest.raises(UserError, match="not a number of devices"):
-        cluster.device_count("many", "gpu", "slurm")
+    assert cluster.device_count("many", "gpu", "local") == 0  # not a count: the launcher cannot size the job
+
+
+@pytest.mark.parametrize(("overrides", "said"), [
+    (["trainer=ddp"], "cannot tell how many tasks and GPUs per node a job needs from trainer.devices=auto"),
+    ([], "SLURM's sbatch and srun, which this machine does not have"),
+])
+def test_slurm_launcher_refuses_what_it_cannot_submit(overrides: list[str], said: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={tmp_path}"],
+                      return_hydra_config=True)
+    launcher = hydra.utils.instantiate(cfg.hydra.launcher)
+    launcher.config = cfg  # what Hydra's setup gives it
+    with pytest.raises(SystemExit) as exit_info:
+        launcher.launch([["seed=1"]], initial_job_idx=0)
+    assert exit_info.value.code == 2  # one paragraph, nothing submitted
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and said in " ".join(err.split())
+    assert not (tmp_path / ".submitit").exists()
 
 
 def test_requeued_job_resumes_from_its_last_checkpoint(make_cfg, tmp_path: Path,

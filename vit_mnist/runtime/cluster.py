@@ -26,7 +26,8 @@ GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 def device_count(devices: Any, accelerator: str, where: str) -> int:
-    """How many devices (one process each under DDP) a trainer with `devices` and `accelerator` uses on a node.
+    """How many devices (one process each under DDP) a trainer with `devices` and `accelerator` uses on a node;
+    0 when that cannot be told here (the launcher then stops with a UserError that says what to set).
 
     `where` is "local" (this machine: `auto` counts its GPUs) or "slurm" (a compute node seen from the submitting
     machine: `auto` cannot be counted here, so a GPU job must say how many).
@@ -40,19 +41,24 @@ def device_count(devices: Any, accelerator: str, where: str) -> int:
     if text.lstrip("-").isdigit() and int(text) > 0:
         return int(text)
     if text not in ("auto", "-1"):
-        raise UserError(f"trainer.devices={devices!r} is not a number of devices, a list of indices or auto.")
+        return 0  # not a count, a list or auto: Lightning would refuse it too
     if accelerator == "cpu":
         return 1  # Lightning's auto on the CPU is one process
     if where == "local":
         import torch
 
         return max(1, torch.cuda.device_count()) if accelerator in (*GPU_ACCELERATORS, "auto") else 1
-    if accelerator in GPU_ACCELERATORS:
+    return 0 if accelerator in GPU_ACCELERATORS else 1  # a compute node's GPUs cannot be counted from here
+
+
+def check_launcher_shape(params: dict[str, Any], devices: Any) -> None:
+    """`UserError` when the launcher's tasks per node could not be derived from `trainer.devices` (0)."""
+    if params.get("tasks_per_node") == 0:
         raise UserError(
-            f"trainer.devices={devices} with hydra/launcher=slurm: the submitting machine cannot count the GPUs "
-            "of a compute node. Say how many GPUs per node each job uses, e.g. trainer.devices=4 (the launcher "
-            "then asks SLURM for 4 tasks and 4 GPUs per node).")
-    return 1
+            f"The launcher cannot tell how many tasks and GPUs per node a job needs from trainer.devices={devices}: "
+            "the submitting machine cannot count the GPUs of a compute node, and Lightning needs one task per "
+            "device. Give a count, e.g. trainer.devices=4 (the launcher then asks SLURM for 4 tasks and 4 GPUs "
+            "per node), or set hydra.launcher.tasks_per_node and hydra.launcher.gpus_per_node yourself.")
 
 
 def launcher_tasks(devices: Any, accelerator: str, where: str) -> int:

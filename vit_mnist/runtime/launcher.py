@@ -23,7 +23,8 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
-from vit_mnist.runtime.cluster import REQUEUED_ENV, clear_hand_launch_env, local_task_env
+from vit_mnist.errors import UserError, report
+from vit_mnist.runtime.cluster import REQUEUED_ENV, check_launcher_shape, clear_hand_launch_env, local_task_env
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,18 @@ class SurvivingLauncher(submitit_launcher.BaseSubmititLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Submit the batch as a job array; collect each job's result on its own, a job without one as failed."""
         assert self.config is not None and len(job_overrides) > 0
-        executor = self._executor()
+        try:
+            check_launcher_shape(self.params, OmegaConf.select(self.config, "trainer.devices"))
+            try:
+                executor = self._executor()
+            except RuntimeError as e:  # submitit's SLURM executor: no srun on this machine
+                if "srun" not in str(e):
+                    raise
+                raise UserError("hydra/launcher=slurm submits jobs with SLURM's sbatch and srun, which this machine "
+                                "does not have: run the sweep on a machine of the cluster (its login node), or "
+                                "try it here first with hydra/launcher=submitit_local.") from e
+        except UserError as e:
+            report(e)  # one paragraph and exit 2, before anything is submitted
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -222,6 +222,34 @@ def test_no_result_reason_names_the_cause_and_the_log() -> None:
     assert "RuntimeError: CUDA out of memory" in no_result_reason(Job(), RuntimeError(trace))
 
 
+class KilledJob:
+    """A submitit job as the launcher sees one that SLURM killed for its memory: no result, tasks that say so."""
+
+    num_tasks, job_id, state = 1, "77_3", "OUT_OF_MEMORY"
+    paths = type("Paths", (), {"stderr": Path("/s/.submitit/77_3/77_3_0_log.err")})
+
+    def results(self) -> list:
+        from submitit.core.utils import UncompletedJobError
+
+        raise UncompletedJobError("Job 77_3 (task: 0) ... has not produced any output (state: OUT_OF_MEMORY)")
+
+
+def test_a_killed_job_is_a_failed_trial_with_its_reason_on_disk(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    launcher = hydra.utils.instantiate(launcher_config("hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}"))
+    launcher.config = OmegaConf.create({"hydra": {"job": {"name": "train"}}})
+    # killed before Hydra made its folder (at start-up, say): the launcher makes what the summary reads
+    monkeypatch.setattr(launcher, "job_folder", lambda overrides, num: (tmp_path / str(num), ["seed=1"]))
+    ret = launcher.collect(KilledJob(), ["seed=1"], 3)
+    assert ret.status.name == "COMPLETED" and ret.return_value is runner.FAILED_OBJECTIVE  # Optuna: FAIL, go on
+    failed = json.loads((tmp_path / "3" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and "state OUT_OF_MEMORY" in failed["error"]
+    assert OmegaConf.load(tmp_path / "3" / ".hydra" / "overrides.yaml") == ["seed=1"]
+    (tmp_path / "3" / "metrics.json").write_text('{"status": "failed", "error": "rank 0 said why"}')
+    launcher.collect(KilledJob(), ["seed=1"], 3)  # a failure the job recorded itself is kept
+    assert "rank 0 said why" in (tmp_path / "3" / "metrics.json").read_text()
+
+
 # Two ranks of the ddp_cpu strategy, built from the config: rank 1 joins the group, then never the all-reduce.
 HANG = """
 import os, sys, time, torch

@@ -23,7 +23,7 @@ from tests.conftest import TINY
 from vit_mnist.errors import UserError
 from vit_mnist.runtime import cluster, runner
 from vit_mnist.runtime.build import build_trainer
-from vit_mnist.runtime.launcher import no_result_reason
+from vit_mnist.runtime.launcher import free_port, no_result_reason
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.training.distributed import started_externally
 from vit_mnist.training.fit import train
@@ -280,7 +280,7 @@ def test_ddp_timeout_bounds_the_wait_for_a_rank_that_hangs(tmp_path: Path) -> No
             strategy = compose("train", overrides=[f"trainer={trainer}"]).trainer.strategy
             assert hydra.utils.instantiate(strategy.timeout) == timedelta(seconds=600)  # not Lightning's 30 min
     GlobalHydra.instance().clear()
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + os.getpid() % 500),
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "PYTHONWARNINGS": "ignore"}
     ranks = [subprocess.Popen([sys.executable, "-c", HANG], env={**env, "LOCAL_RANK": str(r)}, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]

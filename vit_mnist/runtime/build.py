@@ -11,6 +11,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
 from vit_mnist.errors import UserError, find_user_error
+from vit_mnist.runtime.cluster import trainer_plugins
 
 
 def instantiate_group(cfg: DictConfig | None) -> list[Any]:
@@ -22,6 +23,9 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 def build_trainer(trainer_cfg: DictConfig, callbacks: list, loggers: list, **overrides: Any) -> L.Trainer:
     """The Lightning Trainer of `trainer_cfg`; a `UserError` that quotes Lightning when it rejects an option."""
+    plugins = trainer_plugins()  # in a submitit SLURM job: Lightning's own requeue handler off
+    if plugins and "plugins" not in trainer_cfg and "plugins" not in overrides:
+        overrides["plugins"] = plugins
     try:
         return hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False, **overrides)
     except (InstantiationException, MisconfigurationException) as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vit_mnist.data.sources import is_handwritten
+from vit_mnist.runtime.cluster import launcher_gpus, launcher_tasks
 from vit_mnist.runtime.hardware import fastest_precision
 from vit_mnist.runtime.paths import project_root
 
@@ -30,7 +31,9 @@ def is_set(value: object) -> bool:
 
 
 RESOLVERS = {"vit_mnist.is_set": is_set, "vit_mnist.root": project_root, "vit_mnist.abspath": _abspath,
-             "vit_mnist.input_norm_for": input_norm_for, "vit_mnist.fastest_precision": fastest_precision}
+             "vit_mnist.input_norm_for": input_norm_for, "vit_mnist.fastest_precision": fastest_precision,
+             # hydra.launcher.tasks_per_node and gpus_per_node from trainer.devices and trainer.accelerator
+             "vit_mnist.launcher_tasks": launcher_tasks, "vit_mnist.launcher_gpus": launcher_gpus}
 
 
 def register_resolvers() -> None:

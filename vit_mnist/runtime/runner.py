@@ -8,8 +8,11 @@ job is part of a multirun, never on the entry:
 |---|---|---|
 | a user's mistake (`UserError`, also when wrapped by Hydra's instantiate) | one paragraph on stderr, exit 2; the run folder is removed unless it holds a checkpoint | logged; the job's metrics.json says `status: failed` and why; the sweep goes on |
 | anything else (a bug) | the traceback, exit 1; the run folder is kept with its log | the same, with the traceback in the job's log |
+| either, on a DDP rank > 0 that a launcher started (SLURM, submitit) | as above | logged; the rank exits non-zero, which ends the job (`fails_the_job`) |
 
-A failed job of a multirun returns FAILED_OBJECTIVE to the sweeper.
+A failed job of a multirun returns FAILED_OBJECTIVE to the sweeper. A job that ends without a Python exception
+(killed from outside: out of memory, a time limit, `os._exit`) is recorded the same way by the launching process
+when the submitit launchers run it (vit_mnist.runtime.launcher); the sweep goes on.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ def run_job(cfg: DictConfig, job: Job, objective: str | Callable[[dict[str, Any]
         if sweep:
             log.error("%sjob failed: %s", rank, e)
             record_failure(out_dir, e)
+            if fails_the_job():
+                raise
             return FAILED_OBJECTIVE
         discard_run_folder(out_dir, cfg)
         report(e)
@@ -77,8 +82,19 @@ def run_job(cfg: DictConfig, job: Job, objective: str | Callable[[dict[str, Any]
             raise
         log.exception("%sjob failed", rank)
         record_failure(out_dir, e)
+        if fails_the_job():
+            raise
         return FAILED_OBJECTIVE
     return objective_value(metrics, objective)
+
+
+def fails_the_job() -> bool:
+    """Whether this failing process must fail its job rather than return: a rank > 0 of a job whose processes a
+    launcher started (SLURM, submitit, torchrun). Its non-zero exit ends the job's other ranks (srun runs with
+    --kill-on-bad-exit, vit_mnist.runtime.launcher) instead of leaving rank 0 blocked in a collective until the
+    process group's timeout; the launcher then records the job as failed. Ranks that Lightning started itself
+    (SWEEP_JOB_ENV) exit 0: Lightning's process observer would kill the whole sweep's process otherwise."""
+    return rank_zero_only.rank != 0 and os.environ.get(SWEEP_JOB_ENV) != "1"
 
 
 def objective_value(metrics: dict[str, Any] | None, objective: str | Callable[[dict[str, Any]], Any] | None) -> Any:
@@ -99,8 +115,9 @@ def run_folder(cfg: DictConfig) -> Path | None:
 
 
 @rank_zero_only
-def record_failure(out_dir: Path | None, error: BaseException) -> None:
-    """In a multirun, leave the job's reason for failing where the sweep summary finds it."""
+def record_failure(out_dir: Path | None, error: BaseException | str) -> None:
+    """In a multirun, leave the job's reason for failing where the sweep summary finds it (also written by the
+    submitit launchers for a job killed from outside, vit_mnist.runtime.launcher)."""
     if out_dir is not None:
         write_json(out_dir / "metrics.json", {"status": "failed", "error": " ".join(str(error).split())})
 

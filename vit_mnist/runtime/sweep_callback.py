@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vit_mnist.reports.sweep import SUMMARY_STEM, write_sweep_report
+from vit_mnist.runtime.cluster import is_submitit_job
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ def _is_rank_zero() -> bool:
     return rank == "0"
 
 
-def _summarise(sweep_dir: Path) -> None:
+def summarise(sweep_dir: Path) -> None:
+    """Write the sweep summary of `sweep_dir`; log, never raise, when it cannot be written."""
     try:
         rows = write_sweep_report(sweep_dir)
     except Exception:  # the jobs' results are on disk: a failed summary must not turn the sweep into an error
@@ -38,11 +40,14 @@ class SweepReport(Callback):
 
     After every job, so that a long sweep can be followed, and a sweep that stops early (Ctrl+C, an Optuna study
     whose trials all failed) still leaves a summary; at the end, so the summary has every job.
+    Always by the launching process: a job that submitit runs (on SLURM, on a compute node, at the same time as
+    the others) leaves it to this project's submitit launcher, which writes it as each job's result comes in
+    (vit_mnist.runtime.launcher).
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN and _is_rank_zero():
-            _summarise(Path(str(config.hydra.sweep.dir)))
+        if config.hydra.mode == RunMode.MULTIRUN and _is_rank_zero() and not is_submitit_job():
+            summarise(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        _summarise(Path(str(config.hydra.sweep.dir)))
+        summarise(Path(str(config.hydra.sweep.dir)))

@@ -67,8 +67,8 @@ def hydra_ddp_job() -> Iterator[None]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import read_write
 
-    if "LOCAL_RANK" in os.environ or not HydraConfig.initialized() or HydraConfig.get().mode is None:
-        yield  # started by a launcher (torchrun, SLURM, Lightning itself), or not by Hydra's main: nothing to relaunch
+    if started_externally() or not HydraConfig.initialized() or HydraConfig.get().mode is None:
+        yield  # started by a launcher (torchrun, SLURM, submitit, Lightning itself), or not by Hydra's main
         return
     hydra_cfg = HydraConfig.get()
     saved_argv, saved_threads = list(sys.argv), torch.get_num_threads()
@@ -92,6 +92,15 @@ def hydra_ddp_job() -> Iterator[None]:
                 os.environ[key] = value
         torch.set_num_threads(saved_threads)  # Lightning lowers it to cores / processes
         end_rank_processes(_process_observers() - observers_before)
+
+
+def started_externally() -> bool:
+    """Whether this process is one of a job's processes that a launcher started and ranked: Lightning's own
+    relaunch, torchrun, submitit's local tasks (all set LOCAL_RANK) or SLURM (SLURM_LOCALID, which Lightning
+    reads when it detects a SLURM job), so Lightning starts no processes and there is nothing to relaunch."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return "LOCAL_RANK" in os.environ or SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
 
 
 def _process_observers() -> set[threading.Thread]:

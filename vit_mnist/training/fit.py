@@ -23,6 +23,7 @@ from vit_mnist.reports.classification import (
 )
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer, instantiate_group
+from vit_mnist.runtime.cluster import resume_checkpoint
 from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.training.after_fit import fit_after_training
@@ -117,7 +118,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(hydra.utils.instantiate(cfg.after_test, corruptions=suite_config(cfg),
                                                  augment=cfg.data.get("augment")))
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # a requeued cluster job goes on from its own last.ckpt rather than from epoch 0
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
     if trainer.interrupted:
         raise SystemExit(130)  # Ctrl+C: Lightning already stopped cleanly
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -39,11 +41,45 @@ TINY = [
 ]
 
 
+# TINY without its ViT shape, and a narrow CNN: a 2-epoch run takes seconds on 2 CPU cores.
+CNN_TINY = [o for o in TINY if not o.startswith("model.")] + ["model=cnn", "model.widths=[16,32]"]
+
+_RUNS: dict[tuple[str, ...], tuple[Path, dict]] = {}
+
+
+def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, *overrides: str,
+                base: tuple[str, ...] | list[str] = tuple(TINY)) -> tuple[Path, dict]:
+    """(run folder, metrics) of a tiny training run on the synthetic data, `base` (TINY) + `overrides`: trained once
+    per test session for the same overrides and shared by every test module that asks (read-only: a test that
+    changes a file of the run copies it first)."""
+    from vit_mnist.training.fit import train
+
+    key = (*base, *overrides)
+    if key not in _RUNS:
+        out = tmp_path_factory.mktemp("shared_run")
+        _RUNS[key] = out, train(compose_config([*base, f"paths.data_dir={data_dir}", *overrides], out))
+    return _RUNS[key]
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a CLI run in a subprocess: this checkout first on PYTHONPATH, the caller's PYTHONPATH kept
     after it (where `make gpu-check` puts the wheels a bare GPU machine lacks), and `extra` on top."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` in a subprocess from `cwd` with `subprocess_env(PYTHONWARNINGS="ignore", **env)`:
+    the one way the tests run a command line (this checkout first on the path: configs may name test callbacks)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
+                          env=subprocess_env(**{"PYTHONWARNINGS": "ignore", **env}), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_train_cli(args: Sequence[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m vit_mnist.train` on the synthetic data, its logs under `cwd`/outputs."""
+    return run_module("vit_mnist.train", *args, f"paths.data_dir={data_dir}", f"paths.log_dir={cwd / 'outputs'}",
+                      cwd=cwd)
 
 
 @pytest.fixture(scope="session")

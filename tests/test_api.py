@@ -11,16 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import CNN_TINY, trained_run
 from tests.deploy_helpers import tiny_checkpoint
 from tests.synthetic import laid_out
 from vit_mnist import Classifier, Predictions, load_model
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
-from vit_mnist.training.checkpoints import load_module as load_checkpoint
 from vit_mnist.inference.files import predict_files
-from vit_mnist.training.fit import train
+from vit_mnist.training.checkpoints import load_module as load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "deployment.md"
@@ -29,11 +28,8 @@ DOC = ROOT / "docs" / "deployment.md"
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
     """A tiny ViT (shared with the deployment tests) and a tiny CNN, 2 epochs each on the synthetic MNIST."""
-    out = tmp_path_factory.mktemp("api_cnn")
-    cnn = [o for o in TINY if not o.startswith("model.")] + ["model=cnn", "model.widths=[16,32]"]
-    train(compose_config(cnn + [f"paths.data_dir={data_dir}", "trainer.max_epochs=2", "logger=csv",
-                                "test=false"], out))
-    return {"vit": tiny_checkpoint(tmp_path_factory, data_dir), "cnn": out / "checkpoints" / "best.ckpt"}
+    _, cnn = trained_run(tmp_path_factory, data_dir, "trainer.max_epochs=2", "logger=csv", base=CNN_TINY)
+    return {"vit": tiny_checkpoint(tmp_path_factory, data_dir), "cnn": Path(cnn["best_checkpoint"])}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_robustness import digit_like
+from tests.builders import digit_like
 from vit_mnist.data.augment import AugmentConfig, augment, handwriting_variation
 from vit_mnist.errors import UserError
 from vit_mnist.models.vit import BackgroundNorm

@@ -11,16 +11,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from tests.conftest import compose_config, subprocess_env
 from torch.autograd import DeviceType
 
-from vit_mnist.benchmark.throughput import check_options, matmul_share, matmul_share_of, print_table, run
+from tests.builders import TINY_BENCH
+from tests.conftest import compose_config, subprocess_env
+from vit_mnist.benchmark.throughput import (
+    check_options,
+    matmul_share,
+    matmul_share_of,
+    print_table,
+    run,
+)
 from vit_mnist.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_BENCH = ["model.hidden_dim=32", "model.depth=1", "model.heads=2", "model.mlp_dim=64", "batch_sizes=[8]",
-              "steps=2", "warmup=1", "repeats=1", "matmul_size=128", "device=cpu"]
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy_helpers import tiny_checkpoint
 from tests.conftest import subprocess_env
+from tests.deploy_helpers import tiny_checkpoint
 from vit_mnist.inference.loadcheck import digit_png, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

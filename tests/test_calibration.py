@@ -28,7 +28,11 @@ from vit_mnist.inference.files import predict_files
 from vit_mnist.inference.web import create_app
 from vit_mnist.models.tta import tta_logits
 from vit_mnist.training.calibration import fit_temperature, nll
-from vit_mnist.training.checkpoints import load_module, read_checkpoint, write_checkpoint
+from vit_mnist.training.checkpoints import (
+    load_module,
+    read_checkpoint,
+    write_checkpoint,
+)
 from vit_mnist.training.fit import train
 from vit_mnist.training.module import ViTClassifier
 
@@ -265,3 +269,52 @@ def test_a_damaged_temperature_is_a_user_error(calibrated_tta: Path, tmp_path: P
     write_checkpoint(ckpt, bad)
     with pytest.raises(UserError, match="not a positive number"):
         load_module(bad)
+
+
+def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdicts(data_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    from vit_mnist.evaluation.calibrate import calibrate_checkpoint
+
+    cfg = compose_config([*TINY, f"paths.data_dir={data_dir}", "trainer.max_epochs=2", "logger=csv", "test=false",
+                          "calibrate=false", "verdicts=false"], tmp_path / "old")
+    ckpt = Path(train(cfg)["best_checkpoint"])
+    before = torch.load(ckpt, weights_only=True)
+    assert "calibration" not in before and "ood_detector" not in before  # as a checkpoint from before the verdicts
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.detector is None and predictor.temperature == 1.0
+
+    metrics = calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}",
+                                                   "data.download=false", "data.eval_batch_size=100"],
+                                                  tmp_path / "cal", "calibrate"))
+    after = torch.load(ckpt, weights_only=True)
+    assert after["calibration"]["temperature"] == pytest.approx(metrics["calibration/temperature"])
+    assert after["ood_detector"]["score"] == "mahalanobis" == metrics["verdict/score"]
+    assert torch.equal(after["state_dict"]["net.head.weight"], before["state_dict"]["net.head.weight"])
+    assert json.loads((tmp_path / "cal" / "metrics.json").read_text())["verdict/score"] == "mahalanobis"
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.detector is not None and predictor.temperature == pytest.approx(metrics["calibration/temperature"])
+    noise = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    verdicts = predictor.answer(np.stack([predictor.prepare(image)[0] for image in noise])).verdicts
+    assert set(verdicts) <= {"confident", "unsure", "out_of_domain"} and "out_of_domain" in verdicts
+
+
+@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit"])
+def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, data_dir: Path, tmp_path: Path) -> None:
+    from vit_mnist.evaluation.calibrate import calibrate_checkpoint
+
+    path = tmp_path / "model.ckpt"
+    extra = []
+    if case == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)  # a PyTorch file, but not a checkpoint of this project
+    elif case == "nothing_to_fit":
+        torch.save({"weights": torch.zeros(3)}, path)
+        extra = ["calibrate=false", "verdicts=false"]
+    before = path.read_bytes() if path.exists() else None
+    cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", *extra],
+                         tmp_path / "cal", "calibrate")
+    with pytest.raises(UserError) as raised:
+        calibrate_checkpoint(cfg)
+    message = str(raised.value)
+    assert "\n" not in message.strip() and len(message) > 40
+    assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit"}[case] in message
+    assert (path.read_bytes() if path.exists() else None) == before

@@ -19,8 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY
-from vit_mnist.errors import UserError
+from tests.conftest import TINY, run_train_cli
 from vit_mnist.runtime import cluster, runner
 from vit_mnist.runtime.build import build_trainer
 from vit_mnist.runtime.launcher import free_port, no_result_reason
@@ -36,13 +35,6 @@ FAKE_SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NOD
               "SLURM_JOB_NUM_NODES": "1"}
 
 
-def run_cli(args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    # the repository on the path: the sweep's jobs name a callback in tests/ (tests/cluster_probe.py)
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
-    return subprocess.run([sys.executable, "-m", "vit_mnist.train", *args, f"paths.data_dir={data_dir}",
-                           f"paths.log_dir={cwd / 'outputs'}"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def launcher_config(*overrides: str) -> OmegaConf:
@@ -57,7 +49,7 @@ def test_submitit_ddp_sweep_records_killed_jobs_and_goes_on(data_dir: Path, tmp_
     """hydra/launcher=submitit_local trainer=ddp_cpu: each job's 2 tasks form its DDP group; job 0 loses rank 0
     to `os._exit(137)` (as to the out-of-memory killer: no exception, no result), job 1 trains."""
     sweep_dir = tmp_path / "sweep"
-    result = run_cli(["-m", "hydra/launcher=submitit_local", "trainer=ddp_cpu", *FAST, "logger=csv", "calibrate=false",
+    result = run_train_cli(["-m", "hydra/launcher=submitit_local", "trainer=ddp_cpu", *FAST, "logger=csv", "calibrate=false",
                       "verdicts=false", "+callbacks.exit._target_=tests.cluster_probe.ExitAt",
                       "+callbacks.exit.exit_code=137", "+callbacks.exit.rank=0,-1", f"hydra.sweep.dir={sweep_dir}"],
                      data_dir, tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning
@@ -17,41 +16,39 @@ from fastapi.testclient import TestClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import TINY, compose_config, subprocess_env
-from vit_mnist.training.checks import validate
+from tests.conftest import (
+    CNN_TINY,
+    TINY,
+    compose_config,
+    run_module,
+    trained_run,
+)
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.evaluate import evaluate
-from vit_mnist.inference.export import export, read_onnx_metadata
 from vit_mnist.inference import Predictor
-from vit_mnist.training.checkpoints import load_module as load_checkpoint
+from vit_mnist.inference.export import export, read_onnx_metadata
+from vit_mnist.inference.files import predict_files
+from vit_mnist.inference.web import create_app
 from vit_mnist.models.cnn import CNNConfig, SmallCNN
 from vit_mnist.models.registry import MAP_TITLES, build_network
 from vit_mnist.models.vit import VisionTransformer, count_parameters
-from vit_mnist.inference.files import predict_files
 from vit_mnist.reports.classification import REPORT_FILES
-from vit_mnist.inference.web import create_app
-from vit_mnist.training.fit import build, train
+from vit_mnist.training.checkpoints import load_module as load_checkpoint
+from vit_mnist.training.checks import validate
+from vit_mnist.training.fit import build
 from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
-# TINY without its ViT shape, and a narrow CNN: a 2-epoch run takes seconds on 2 CPU cores.
-CNN_TINY = [o for o in TINY if not o.startswith("model.")] + ["model=cnn", "model.widths=[16,32]"]
 
 
 def cli(module: str, *args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
-    env = subprocess_env(PYTHONWARNINGS="ignore")
-    if data_dir is not None:
-        env["VIT_MNIST_DATA_DIR"] = str(data_dir)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_module(module, *args, cwd=ROOT, **({"VIT_MNIST_DATA_DIR": str(data_dir)} if data_dir else {}))
 
 
 @pytest.fixture(scope="module")
 def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("cnn_run")
-    cfg = compose_config(CNN_TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=2", "logger=csv"], out)
-    return out, train(cfg)
+    return trained_run(tmp_path_factory, data_dir, "trainer.max_epochs=2", "logger=csv", base=CNN_TINY)
 
 
 def test_default_cnn_is_small_and_its_maps_decompose_the_logit() -> None:

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY, compose_config
 from vit_mnist import load_model
-from vit_mnist.training.checkpoints import load_module, read_checkpoint
-from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.inference import Predictor
 from vit_mnist.models.tta import tta_logits
+from vit_mnist.runtime.paths import CONFIG_DIR
+from vit_mnist.training.checkpoints import load_module, read_checkpoint
 from vit_mnist.training.fit import train
 from vit_mnist.training.module import ViTClassifier
 

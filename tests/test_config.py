@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from vit_mnist.errors import UserError
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.training.checks import validate
-from vit_mnist.errors import UserError
 
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths", "experiment", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]

@@ -4,7 +4,6 @@ sweeps that survive a failing job, a different random stream on every rank."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,11 +12,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from lightning.fabric.strategies.launchers.subprocess_script import (
+    _ChildProcessObserver,
+)
 from torch.utils.data import DistributedSampler
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, run_train_cli
 from vit_mnist.data import MNISTDataModule
+from vit_mnist.data.samplers import eval_sampler
 from vit_mnist.training.distributed import (
     RankSeed,
     config_flags,
@@ -25,7 +27,6 @@ from vit_mnist.training.distributed import (
     rank_seed,
     relaunch_argv,
 )
-from vit_mnist.data.samplers import eval_sampler
 from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +38,6 @@ VAL_SIZE = 101
 DDP = [*TINY, "trainer=ddp_cpu", "trainer.max_epochs=2", "data.batch_size=16", f"data.val_size={VAL_SIZE}"]
 
 
-def run_cli(args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    # the repository on the path: configs outside the package may name callbacks in tests/ (tests/rank_probe.py)
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": path}
-    return subprocess.run([sys.executable, "-m", "vit_mnist.train", *args, f"paths.data_dir={data_dir}",
-                           f"paths.log_dir={cwd / 'outputs'}"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def single_process_scores(checkpoint: str, data_dir: Path, test: bool = True) -> tuple[float, float | None]:
@@ -69,7 +63,7 @@ def assert_rank_zero_files(run_dir: Path) -> None:
 
 def test_ddp_cpu_run_matches_a_single_process_evaluation(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli([*DDP, f"hydra.run.dir={run_dir}"], data_dir, tmp_path)
+    result = run_train_cli([*DDP, f"hydra.run.dir={run_dir}"], data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one folder for the run, none per rank
     assert_rank_zero_files(run_dir)
@@ -84,7 +78,7 @@ def test_ddp_cpu_run_matches_a_single_process_evaluation(data_dir: Path, tmp_pat
 def test_ddp_cpu_in_a_multirun_gives_each_job_its_processes_and_folder(data_dir: Path, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     # the second job must start its own second process, not wait for the first job's
-    result = run_cli(["-m", *DDP, "trainer.max_epochs=1", "test=false", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"],
+    result = run_train_cli(["-m", *DDP, "trainer.max_epochs=1", "test=false", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"],
                      data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
@@ -139,7 +133,7 @@ def failing_sweep(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> S
         (config_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (config_dir / name).write_text(text)
     sweep_dir = cwd / "sweep"
-    result = run_cli(["-m", "--config-dir", str(config_dir), "--config-name", "probe", *DDP, "trainer.max_epochs=1",
+    result = run_train_cli(["-m", "--config-dir", str(config_dir), "--config-name", "probe", *DDP, "trainer.max_epochs=1",
                       "test=false", "+case=bad_optimizer,rank1_fails,ok", f"hydra.sweep.dir={sweep_dir}"],
                      data_dir, cwd)
     return sweep_dir, result

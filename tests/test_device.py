@@ -12,7 +12,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from tests.conftest import TINY, compose_config
 from tests.device_check import DeviceCheck
 from vit_mnist.data.augment import AugmentConfig, augment
-from vit_mnist.data.corruptions import gaussian_blur, gaussian_kernel1d
+from vit_mnist.data.image_ops import gaussian_blur, gaussian_kernel1d
 from vit_mnist.inference.export import export
 from vit_mnist.inference.predictor import Predictor
 from vit_mnist.robustness_suite import benchmark

@@ -5,23 +5,22 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-import lightning
 import matplotlib.pyplot as plt
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, compose_config, subprocess_env
+from tests.builders import untrained_checkpoint
+from tests.conftest import compose_config, run_module, trained_run
+from tests.deploy_helpers import TINY_RUN
 from vit_mnist.data import load_split
 from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule
 from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.reports.classification import REPORT_FILES
-from vit_mnist.training.fit import train
 from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,24 +31,11 @@ EVAL = ["data.eval_batch_size=100", "data.download=false", "trainer.accelerator=
 
 @pytest.fixture(scope="module")
 def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("train")
-    return out, train(compose_config(TINY + [f"paths.data_dir={data_dir}", "trainer.max_epochs=2"], out))
+    return trained_run(tmp_path_factory, data_dir, *TINY_RUN)
 
 
 def eval_config(data_dir: Path, out: Path, ckpt: Path | str, *overrides: str):
     return compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", *EVAL, *overrides], out, "evaluate")
-
-
-def untrained_checkpoint(path: Path, dataset: str, num_classes: int = 10) -> Path:
-    """A checkpoint as training writes it, of an untrained tiny model for `dataset`, made in milliseconds."""
-    spec = get_spec(dataset)
-    model = {"image_size": 28, "in_channels": 1, "num_classes": num_classes, "patch_size": 7, "hidden_dim": 32,
-             "depth": 1, "heads": 2, "mlp_dim": 64}
-    module = ViTClassifier(model=model, class_names=list(spec.classes)[:num_classes],
-                           normalize={"mean": spec.mean, "std": spec.std}, dataset=dataset)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
-                "global_step": 0, "pytorch-lightning_version": lightning.__version__}, path)
-    return path
 
 
 def test_evaluate_reproduces_the_training_run(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
@@ -166,9 +152,7 @@ def test_data_comes_from_what_the_checkpoint_recorded(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = subprocess_env()
-    return subprocess.run([sys.executable, "-m", "vit_mnist.evaluate", *args, *EVAL], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_module("vit_mnist.evaluate", *args, *EVAL, cwd=ROOT)
 
 
 def test_cli_mismatched_dataset_stops_before_making_a_folder(trained: tuple[Path, dict], data_dir: Path,

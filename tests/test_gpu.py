@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_config, subprocess_env
-from tests.test_bench import TINY_BENCH
+from tests.builders import TINY_BENCH
+from tests.conftest import TINY, compose_config, run_module
 
 
 def _no_gpu_reason() -> str:
@@ -28,16 +27,15 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 GPU_TINY = [a for a in TINY if not a.startswith("trainer.accelerator=")] + ["trainer.accelerator=gpu"]
 
 
-def run_module(module: str, args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = subprocess_env(PYTHONWARNINGS="ignore", VIT_MNIST_DATA_DIR=str(data_dir))
-    return subprocess.run([sys.executable, "-m", module, *args, f"paths.log_dir={cwd / 'outputs'}"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run_on_gpu(module: str, args: list[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return run_module(module, *args, f"paths.log_dir={cwd / 'outputs'}", cwd=cwd, timeout=600,
+                      VIT_MNIST_DATA_DIR=str(data_dir))
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_fast_dev_run_on_the_gpu(precision: str, data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "fdr"
-    result = run_module("vit_mnist.train", ["debug=fdr", "trainer.accelerator=gpu", f"trainer.precision={precision}",
+    result = run_on_gpu("vit_mnist.train", ["debug=fdr", "trainer.accelerator=gpu", f"trainer.precision={precision}",
                                             "data.val_size=100", f"hydra.run.dir={run_dir}"], data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -49,7 +47,7 @@ def test_fast_dev_run_on_the_gpu(precision: str, data_dir: Path, tmp_path: Path)
 def test_ddp_over_two_gpus(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
     # trainer=ddp: NCCL, bf16-mixed, every visible GPU unless trainer.devices says otherwise
-    result = run_module("vit_mnist.train", [*GPU_TINY, "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=2",
+    result = run_on_gpu("vit_mnist.train", [*GPU_TINY, "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=2",
                                             "trainer.max_epochs=1", "data.batch_size=16", f"hydra.run.dir={run_dir}"],
                         data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -60,13 +58,13 @@ def test_ddp_over_two_gpus(data_dir: Path, tmp_path: Path) -> None:
 
 def test_gpu_checkpoint_evaluates_on_the_cpu_alike(data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "gpu_run"
-    result = run_module("vit_mnist.train", [*GPU_TINY, "trainer.max_epochs=2", "trainer.precision=32-true",
+    result = run_on_gpu("vit_mnist.train", [*GPU_TINY, "trainer.max_epochs=2", "trainer.precision=32-true",
                                             f"hydra.run.dir={run_dir}"], data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert trained["device"].startswith("cuda")
     eval_dir = tmp_path / "cpu_eval"
-    result = run_module("vit_mnist.evaluate", [f"ckpt_path={trained['best_checkpoint']}", "trainer.accelerator=cpu",
+    result = run_on_gpu("vit_mnist.evaluate", [f"ckpt_path={trained['best_checkpoint']}", "trainer.accelerator=cpu",
                                                f"hydra.run.dir={eval_dir}"], data_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((eval_dir / "metrics.json").read_text())

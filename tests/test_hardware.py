@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from vit_mnist.runtime import hardware
-from vit_mnist.runtime.hardware import _cpuinfo, fastest_precision, isa_summary, native_bf16, warn_if_slow_bf16
+from vit_mnist.runtime.hardware import (
+    _cpuinfo,
+    fastest_precision,
+    isa_summary,
+    native_bf16,
+    warn_if_slow_bf16,
+)
 
 EPYC_AVX2 = {"fpu", "sse2", "avx", "avx2", "fma"}
 XEON_AMX = EPYC_AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}

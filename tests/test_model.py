@@ -15,8 +15,8 @@ from vit_mnist.models.registry import build_network, check_model_config, network
 from vit_mnist.models.vit import (
     CPU_BF16_EXPLICIT_TOKENS,
     Attention,
-    ViTConfig,
     VisionTransformer,
+    ViTConfig,
     count_parameters,
     sincos_2d,
 )

@@ -7,8 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from vit_mnist.data.non_digits import (EXCLUDED_LETTERS, GENERATED, LETTERS, NON_DIGIT_SETS, PEN_LETTERS, SET_SIZES,
-                                       load_non_digit_sets, make_non_digits, non_digit_sets_for)
+from vit_mnist.data.non_digits import (
+    EXCLUDED_LETTERS,
+    GENERATED,
+    LETTERS,
+    NON_DIGIT_SETS,
+    PEN_LETTERS,
+    SET_SIZES,
+    load_non_digit_sets,
+    make_non_digits,
+    non_digit_sets_for,
+)
 from vit_mnist.errors import UserError
 
 make = make_non_digits.__wrapped__  # the generator itself, not its cache: a second call really makes them again

@@ -223,7 +223,7 @@ def test_the_meter_reports_each_score() -> None:
 
 
 def test_the_robustness_report_has_an_out_of_domain_section(data_dir: Path, tmp_path: Path) -> None:
-    from tests.test_evaluate import untrained_checkpoint
+    from tests.builders import untrained_checkpoint
     from vit_mnist.evaluation.robustness import robustness
     from vit_mnist.reports.robustness import OOD_FILES
 
@@ -255,7 +255,7 @@ def test_the_robustness_report_has_an_out_of_domain_section(data_dir: Path, tmp_
 
 
 def test_a_training_run_reports_test_ood_auroc(data_dir: Path, tmp_path: Path) -> None:
-    from tests.test_robustness import TABLE, tiny_module
+    from tests.builders import TABLE, tiny_module
     from vit_mnist.data import MNISTDataModule
     from vit_mnist.robustness_suite.after_training import measure_after_training
 

@@ -13,14 +13,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tests.conftest import subprocess_env
 from tests.deploy_helpers import tiny_checkpoint
 from tests.synthetic import laid_out
-from tests.conftest import subprocess_env
 from vit_mnist.data import MNISTDataModule, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
-from vit_mnist.training.checkpoints import load_module as load_checkpoint
 from vit_mnist.inference.files import expand_images, predict, predict_files, print_table
+from vit_mnist.training.checkpoints import load_module as load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

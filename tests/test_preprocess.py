@@ -12,8 +12,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from vit_mnist.data import MNISTDataModule, load_split
-from vit_mnist.data.preprocess import (MIN_STROKE_WIDTH, in_mnist_layout, load_image, measure_stroke_width, normalize,
-                                       preprocess, thicken_thin_strokes, to_mnist_layout)
+from vit_mnist.data.preprocess import (
+    MIN_STROKE_WIDTH,
+    in_mnist_layout,
+    load_image,
+    measure_stroke_width,
+    normalize,
+    preprocess,
+    thicken_thin_strokes,
+    to_mnist_layout,
+)
 from vit_mnist.errors import UserError
 
 

@@ -14,12 +14,12 @@ from torch import nn
 from tests.conftest import compose_config
 from vit_mnist.data import MNISTDataModule
 from vit_mnist.errors import UserError
+from vit_mnist.models.tta import SHIFTS, shift, tta_logits
+from vit_mnist.models.vit import count_parameters
 from vit_mnist.runtime.hardware import fastest_precision
 from vit_mnist.runtime.paths import CONFIG_DIR
-from vit_mnist.models.vit import count_parameters
 from vit_mnist.training.fit import build, train
 from vit_mnist.training.module import ViTClassifier
-from vit_mnist.models.tta import SHIFTS, shift, tta_logits
 
 
 @pytest.mark.parametrize(("experiment", "arch", "parameters"),

@@ -6,11 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 from hydra.core.global_hydra import GlobalHydra
 
 import vit_mnist

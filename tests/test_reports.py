@@ -14,7 +14,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vit_mnist.models.rollout import attention_rollout
 from vit_mnist.models.vit import VisionTransformer, ViTConfig
-from vit_mnist.reports.classification import REPORT_FILES, build_report, write_test_reports
+from vit_mnist.reports.classification import (
+    REPORT_FILES,
+    build_report,
+    write_test_reports,
+)
 from vit_mnist.reports.samples import ReportSamples
 
 CLASSES = [str(i) for i in range(10)]

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +15,30 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, compose_config, subprocess_env
+from tests.builders import TABLE, digit_like, tiny_module
+from tests.conftest import TINY, compose_config, run_module
 from vit_mnist.data import load_split
-from vit_mnist.data.corruptions import KINDS, corrupt, draw_segments, stroke_width
+from vit_mnist.data.corruptions import KINDS, corrupt
 from vit_mnist.data.other_writers import load_other_writers
 from vit_mnist.data.pen_photos import make_pen_photos
+from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.evaluate import evaluate
-from vit_mnist.training.module import ViTClassifier
 from vit_mnist.evaluation.robustness import robustness
 from vit_mnist.reports.robustness import OUTPUT_FILES, robustness_markdown
-from vit_mnist.robustness_suite.scoring import ModelEntry, Scorer, per_class_accuracy, run_suite
+from vit_mnist.robustness_suite.scoring import (
+    ModelEntry,
+    Scorer,
+    per_class_accuracy,
+    run_suite,
+)
 from vit_mnist.robustness_suite.suite import build_suite, seen_names
-from vit_mnist.runtime.paths import CONFIG_DIR
-from vit_mnist.data.sources import get_spec
 from vit_mnist.training.fit import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "corruptions" / "default.yaml"))
 # Kinds whose result does not depend on the seed: nothing random in them.
 FIXED = {"brightness", "stripe", "scale", "canny_edges", "thin", "thick", "low_resolution"}
 EVAL = ["data.eval_batch_size=100", "data.download=false"]
-
-
-def digit_like(n: int = 48, seed: int = 0) -> torch.Tensor:
-    """uint8 (n, 1, 28, 28) images of two or three pen strokes inside the central 20x20 box, as MNIST digits sit."""
-    g = torch.Generator().manual_seed(seed)
-    points = 4 + torch.rand(n, 3, 2, 2, generator=g) * 20  # (n, strokes, start/end, (col, row))
-    x = draw_segments((n, 1, 28, 28), points[:, :, 0], points[:, :, 1])
-    x = stroke_width(x, 0.7)
-    return (x * 255).round().to(torch.uint8)
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -112,14 +105,6 @@ def test_seen_kinds_follow_the_training_augmentation() -> None:
     assert {"rotate", "scale", "translate", "off_centre", "elastic", "thin", "thick", "low_res_8",
             "shot_noise", "glass_blur"} <= seen
     assert not seen & {"fog", "brightness", "stripe", "zigzag", "dotted_line", "canny_edges", "shear"}
-
-
-def tiny_module(seed: int = 0) -> ViTClassifier:
-    torch.manual_seed(seed)
-    spec = get_spec("mnist")
-    model = {"image_size": 28, "in_channels": 1, "num_classes": 10, "patch_size": 7, "hidden_dim": 32, "depth": 1,
-             "heads": 2, "mlp_dim": 64}
-    return ViTClassifier(model=model, class_names=list(spec.classes), normalize={"mean": spec.mean, "std": spec.std})
 
 
 @pytest.mark.parametrize("tta", [False, True])
@@ -270,7 +255,7 @@ def test_the_training_run_reports_robustness(trained: dict) -> None:
 
 
 def test_several_checkpoints_side_by_side(trained: dict, data_dir: Path, tmp_path: Path) -> None:
-    from tests.test_evaluate import untrained_checkpoint
+    from tests.builders import untrained_checkpoint
 
     other = untrained_checkpoint(tmp_path / "untrained.ckpt", "mnist")
     summary = robustness(robustness_config(data_dir, tmp_path / "rob", f"ckpt_paths=[{trained['best_checkpoint']},{other}]",
@@ -296,9 +281,7 @@ def test_serve_says_what_robustness_the_checkpoint_has(trained: dict, tmp_path: 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = subprocess_env()
-    return subprocess.run([sys.executable, "-m", "vit_mnist.robustness", *args, *EVAL], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_module("vit_mnist.robustness", *args, *EVAL, cwd=ROOT)
 
 
 @pytest.mark.parametrize(("args", "message"), [

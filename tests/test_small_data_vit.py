@@ -17,8 +17,8 @@ from vit_mnist.errors import UserError
 from vit_mnist.inference.export import export
 from vit_mnist.models.registry import relevance_maps
 from vit_mnist.models.vit import ShiftedPatchTokenizer, VisionTransformer, ViTConfig
-from vit_mnist.training.checkpoints import load_module, read_checkpoint
 from vit_mnist.training import module as module_of_student
+from vit_mnist.training.checkpoints import load_module, read_checkpoint
 from vit_mnist.training.distill import distillation_loss
 from vit_mnist.training.fit import build, train
 from vit_mnist.training.teacher import check_distill

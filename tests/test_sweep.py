@@ -14,8 +14,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TINY
-from vit_mnist.sweep_report import main as sweep_report_main
 from vit_mnist.reports.sweep import write_sweep_report
+from vit_mnist.sweep_report import main as sweep_report_main
 
 # One epoch of a few batches: a job takes a second or two, so a sweep's time is mostly process start-up.
 FAST = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=4"]

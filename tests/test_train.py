@@ -13,11 +13,11 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, run_module
 from vit_mnist.data import MNISTDataModule
 from vit_mnist.errors import UserError
-from vit_mnist.training.fit import train
 from vit_mnist.training.distributed import check_accelerator
+from vit_mnist.training.fit import train
 from vit_mnist.training.module import ViTClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,9 +120,7 @@ def test_same_seed_same_validation_metrics(data_dir: Path, tmp_path: Path) -> No
 
 
 def _cli(args: list[str], cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "vit_mnist.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_module("vit_mnist.train", *args, cwd=cwd, **(env_extra or {}))
 
 
 def test_cli_trainer_options_lightning_rejects_are_one_paragraph(data_dir: Path, tmp_path: Path) -> None:

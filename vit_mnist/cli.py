@@ -13,6 +13,7 @@ from vit_mnist.errors import UserError, report
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vit_mnist.train", "train a model (the ViT, or model=cnn) and test its best checkpoint"),
     "evaluate": ("vit_mnist.evaluate", "test a checkpoint and write its reports into a run folder"),
+    "calibrate": ("vit_mnist.calibrate", "fit the temperature and the out-of-domain detector into a checkpoint"),
     "robustness": ("vit_mnist.robustness", "accuracy of checkpoints on corrupted MNIST test images (MNIST-C)"),
     "predict": ("vit_mnist.predict", "classify your own image files with a checkpoint (table or JSON)"),
     "export": ("vit_mnist.export", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),

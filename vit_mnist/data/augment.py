@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vit_mnist.data.image_ops import elastic_warp, gaussian_blur, resample_resolution, stroke_width
 from vit_mnist.errors import UserError
 
 INTERPOLATIONS = ("bilinear", "nearest")  # the grid_sample modes that suit uint8 digit images
@@ -112,16 +113,9 @@ def handwriting_variation(images: torch.Tensor, cfg: AugmentConfig, generator: t
     """What differs between writers, pens and scanners, each drawn per image: stroke width, elastic distortion
     of the shape, scan resolution, blur, sensor noise, and an erased part (a broken or occluded stroke).
 
-    The building blocks are the corruption benchmark's (vit_mnist.data.corruptions), drawn here from ranges; the
+    The building blocks (vit_mnist.data.image_ops) are the corruption benchmark's too, drawn here from ranges; the
     benchmark marks the corruptions that resemble the augmentations a model was trained with as "seen".
     """
-    from vit_mnist.data.corruptions import (
-        elastic_warp,
-        gaussian_blur,
-        resample_resolution,
-        stroke_width,
-    )
-
     x = images.clone()  # the caller's batch stays as it was (handwriting_p keeps part of it)
     B, _, H, W = x.shape
     device = x.device

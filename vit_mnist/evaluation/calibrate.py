@@ -1,0 +1,52 @@
+"""Calibrate an existing checkpoint: the temperature and the out-of-domain detector fitted into it from the data it
+recorded, as a training run does right after fitting (vit_mnist.training.after_fit)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vit_mnist.errors import UserError
+from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule
+from vit_mnist.ood.detector import check_score
+from vit_mnist.reports.files import write_json
+from vit_mnist.runtime.build import build_trainer
+from vit_mnist.training.after_fit import fit_after_training
+from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint
+from vit_mnist.training.distributed import check_accelerator
+
+
+def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the temperature (`calibrate`) and the detector (`verdicts`) into `cfg.ckpt_path`; the file is rewritten
+    once, atomically, when the fits are done, and not at all when anything fails before. Returns the metrics."""
+    started = time.perf_counter()
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise UserError("No checkpoint to calibrate: add ckpt_path=... to the command, e.g. "
+                        "ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt (a checkpoint of `python -m "
+                        "vit_mnist.train`).")
+    if not (cfg.get("calibrate", True) or cfg.get("verdicts", True)):
+        raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
+    check_score(cfg.get("ood_score"))
+    check_accelerator(cfg.trainer)
+    path = str(Path(str(cfg.ckpt_path)).expanduser())
+    ckpt = read_checkpoint(path)
+    datamodule = checkpoint_datamodule(ckpt, checked_dataset([(path, ckpt)], cfg.data), cfg.data)
+    datamodule.prepare_data()  # missing data files fail here, before anything is written
+    datamodule.setup("fit")
+    module = module_from_checkpoint(ckpt, path, warn_uncalibrated=False)
+    trainer = build_trainer(cfg.trainer, [], [], devices=1, num_nodes=1, enable_progress_bar=False,
+                            enable_model_summary=False)
+    metrics: dict[str, Any] = {"ckpt_path": path}
+    metrics.update(fit_after_training(trainer, module, datamodule, path, calibrate=bool(cfg.get("calibrate", True)),
+                                      verdicts=bool(cfg.get("verdicts", True)), score=cfg.get("ood_score")))
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+    write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    said = [f"temperature {metrics['calibration/temperature']:.4f}" if "calibration/temperature" in metrics else
+            "no temperature (no validation images)" if cfg.get("calibrate", True) else "",
+            f"out-of-domain detector ({metrics['verdict/score']})" if "verdict/score" in metrics else
+            "no out-of-domain detector" if cfg.get("verdicts", True) else ""]
+    print(f"{path}: {', '.join(s for s in said if s)}")
+    return metrics

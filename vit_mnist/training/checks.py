@@ -19,6 +19,9 @@ from vit_mnist.training.ema import check_ema_options
 from vit_mnist.training.teacher import check_distill
 from vit_mnist.training.transfer import check_init_from
 
+# after_fit: what a run does once fitted. full: everything a kept model needs; search: only the test (search trials)
+AFTER_FIT = ("full", "search")
+
 
 def check_model(model_cfg: Any) -> None:
     """`UserError` naming the model.* key when the network cannot be built (the model's own ValueError said)."""
@@ -72,6 +75,10 @@ def check_training_options(cfg: DictConfig) -> None:
                             "fraction of optimizer.lr (e.g. 0.01).")
     if sched.get("name", "none") not in ("none", "warmup_cosine"):
         raise UserError(f"Unknown scheduler.name={sched['name']!r}: use `scheduler=none` or `scheduler=warmup_cosine`.")
+    after_fit = cfg.get("after_fit", "full")
+    if after_fit not in AFTER_FIT:
+        raise UserError(f"after_fit={after_fit!r} must be full (calibration, detector, reports, robustness when "
+                        "asked: a model to keep) or search (the test only: a search trial, thrown away).")
     images = cfg.get("robustness_images")
     if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 1):
         raise UserError(f"robustness_images={images!r} must be a positive whole number (the first N test images "

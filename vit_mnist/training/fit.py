@@ -6,12 +6,13 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary
+from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +23,7 @@ from vit_mnist.robustness_suite.after_training import measure_after_training
 from vit_mnist.runtime.build import build_trainer, instantiate_group
 from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
+from vit_mnist.sweeps.pruning import trial_reporter
 from vit_mnist.training.calibration import calibrate
 from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.checks import check_before_run
@@ -36,10 +38,10 @@ log = logging.getLogger(__name__)
 # metrics.json keys that the TensorBoard HParams tab and the printed summary show, when the run has them
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen", "test/other_writers",
                   "test/pen_photos")
-SUMMARY_KEYS = ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/ece", "calibration/temperature",
+SUMMARY_KEYS = ("status", "val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/ece", "calibration/temperature",
                 "test/mca", "test/mca_unseen",
                 "test/other_writers", "test/pen_photos", "num_parameters", "epochs", "train_images_per_s",
-                "teacher_share", "wall_time_s", "best_checkpoint")
+                "teacher_share", "wall_time_s", "after_fit_time_s", "best_checkpoint")
 
 
 def hparams_to_log(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
@@ -112,20 +114,31 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
         callbacks.append(NetworkSummary())  # also without a callbacks group (debug=fdr): the network, no metrics
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
+    reporter = trial_reporter(trainer.world_size)  # an Optuna trial's job: val/acc to its trial, stop when pruned
+    if reporter is not None:
+        trainer.callbacks.append(reporter)
+    log_config(cfg, loggers)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:
         raise SystemExit(130)  # Ctrl+C: Lightning already stopped cleanly
+    fitted = time.perf_counter()
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_count else math.nan
     metrics: dict[str, Any] = {"val/acc_best": val_best}
-    if cfg.get("calibrate", True):  # the temperature goes into the best checkpoint, before it is tested
-        metrics.update(calibrate(trainer, module, datamodule, best))
-    if cfg.get("verdicts", True):  # at the fitted temperature: after it, into the same checkpoint
-        metrics.update(fit_verdicts(trainer, module, datamodule, best, cfg.get("ood_score"), cfg.get("robustness_images")))
-    if cfg.get("test"):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
+    # after_fit=search (search trials): the test only; a pruned trial not even that
+    keep = cfg.get("after_fit", "full") == "full"
+    if reporter is not None and reporter.pruned:
+        metrics.update(status="pruned", reason=reporter.reason(trainer.current_epoch, cfg.trainer.get("max_epochs")))
+    else:
+        if keep and cfg.get("calibrate", True):  # the temperature goes into the best checkpoint, before it is tested
+            metrics.update(timed(metrics, "calibration", calibrate, trainer, module, datamodule, best))
+        if keep and cfg.get("verdicts", True):  # at the fitted temperature: after it, into the same checkpoint
+            metrics.update(timed(metrics, "verdicts", fit_verdicts, trainer, module, datamodule, best,
+                                 cfg.get("ood_score"), cfg.get("robustness_images")))
+        if cfg.get("test"):
+            timed(metrics, "test", trainer.test, module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
     metrics.update(
         {
             "num_parameters": module.num_parameters,
@@ -143,8 +156,36 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         metrics["teacher_time_s"] = round(module.teacher_time_s, 2)
         metrics["teacher_share"] = round(module.teacher_time_s / throughput.train_time, 4) if throughput.train_time else None
     if trainer.is_global_zero:
-        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, datamodule)
+        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, datamodule,
+                   fitted)
     return metrics
+
+
+def timed(metrics: dict[str, Any], name: str, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one after-fit step, its seconds into `metrics[<name>_time_s]`; return what it returned."""
+    started = time.perf_counter()
+    result = step(*args, **kwargs)
+    metrics[f"{name}_time_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def log_config(cfg: DictConfig, loggers: list) -> None:
+    """The run's whole config as flat `model.depth`-style params, for the loggers that keep params (MLflow)."""
+    tracked = [logger for logger in loggers if isinstance(logger, MLFlowLogger)]
+    if tracked:
+        params = flat_config(OmegaConf.to_container(cfg, resolve=True))
+        for logger in tracked:
+            logger.log_hyperparams(params)
+
+
+def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"model.depth": 4, ...}; lists as their text."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flat_config(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    return flat
 
 
 def suite_config(cfg: DictConfig) -> Any:
@@ -155,19 +196,27 @@ def suite_config(cfg: DictConfig) -> Any:
 
 @rank_zero_only
 def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int,
-               datamodule: L.LightningDataModule) -> None:
-    """Rank zero: reports, the robustness benchmark when asked, metrics.json, TensorBoard hparams, a summary."""
+               datamodule: L.LightningDataModule, fitted: float | None = None) -> None:
+    """Rank zero: reports, the robustness benchmark when asked, metrics.json, TensorBoard hparams, a summary.
+    With after_fit=search, the reports without their figures and no robustness benchmark."""
+    keep = cfg.get("after_fit", "full") == "full"
     if module.test_results:
-        write_test_reports(module.test_results, out_dir, module.class_names, loggers, step, map_title=module.map_title)
-        if cfg.get("robustness"):  # the corruption benchmark on the tested weights
+        timed(metrics, "reports", write_test_reports, module.test_results, out_dir, module.class_names, loggers,
+              step, map_title=module.map_title, figures=keep)
+        if keep and cfg.get("robustness"):  # the corruption benchmark on the tested weights
             started = time.perf_counter()
             metrics.update(measure_after_training(module, datamodule, cfg.data.get("augment"), suite_config(cfg),
                                                   out_dir, loggers, step, cfg.get("robustness_images")))
             metrics["robustness_time_s"] = round(time.perf_counter() - started, 2)
+    if fitted is not None:  # from the end of the fit to here: what a run spends on a fitted model
+        metrics["after_fit_time_s"] = round(time.perf_counter() - fitted, 2)
     hp_metrics = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
     for logger in loggers:
         if tensorboard_writers([logger]):
             logger.log_hyperparams(hparams_to_log(cfg, module.num_parameters), hp_metrics)
+        if isinstance(logger, MLFlowLogger):  # the run's results beside its per-epoch curves
+            logger.log_metrics({k: float(v) for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}, step)
         logger.finalize("success")
     write_json(out_dir / "metrics.json", metrics)
     print_summary(metrics, out_dir)

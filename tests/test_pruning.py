@@ -17,11 +17,12 @@ import yaml
 from tests.conftest import TINY
 
 MAX_EPOCHS = 3
-# Two trials, one learning rate each: with this sampler seed (TPE's random start-up trials) the first is 3e-3 (learns, runs its 3 epochs), the
-# second 1e-7 (learns nothing: below the first at its first validation, so pruned there). The median pruner may
-# prune once 1 trial has finished. TINY's own learning rate is replaced by the search.
+# Two trials, one learning rate each: with this sampler seed (TPE's random start-up trials) the first is 3e-3
+# (learns, runs its 3 epochs), the second 1e-7 (learns nothing: below the first at its first validation, so pruned
+# there). The median pruner may prune once 1 trial has finished. TINY's own learning rate is replaced by the search.
 PRUNE = [*(a for a in TINY if not a.startswith("optimizer.lr=")), "test=false", f"trainer.max_epochs={MAX_EPOCHS}",
-         "model.patch_size=7", "optimizer.lr=choice(0.003,1e-7)", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.n_startup_trials=1"]
+         "model.patch_size=7", "optimizer.lr=choice(0.003,1e-7)", "hydra.sweeper.sampler.seed=0",
+         "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.n_startup_trials=1"]
 
 
 def run_sweep(data_dir: Path, cwd: Path, *extra: str) -> Path:

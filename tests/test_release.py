@@ -36,7 +36,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # Build from a copy: an in-tree build would write build/ and egg-info into the shared checkout.
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("conf", "vit_mnist"):
+    for name in ("conf", "vit_mnist", "hydra_plugins"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
@@ -61,6 +61,9 @@ def test_wheel_holds_every_config_module_and_web_asset(installed: tuple[Path, Pa
     assert {f"vit_mnist/web/{w}" for w in web} <= names
     # every module, subpackages included: pyproject.toml lists the packages by hand
     assert {f"vit_mnist/{m}" for m in _files(ROOT / "vit_mnist", "**/*.py")} <= names
+    # the Optuna sweeper's plugin shell, where Hydra's plugin scan finds it (and no hydra_plugins/__init__.py, which
+    # would hide every other plugin)
+    assert "hydra_plugins/vit_mnist_sweeper/optuna_sweeper.py" in names and "hydra_plugins/__init__.py" not in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "vit-mnist = vit_mnist.cli:main" in entry_points and "vit-mnist-train = vit_mnist.train:main" in entry_points
 

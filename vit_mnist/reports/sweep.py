@@ -26,7 +26,8 @@ class JobRow:
     """One job of a sweep as it appears in the summary."""
 
     job: str
-    status: str  # ok, pruned (stopped early by an Optuna pruner), failed, or incomplete (no metrics.json: still running, or killed)
+    # ok, pruned (stopped early by an Optuna pruner), failed, or incomplete (no metrics.json: running, or killed)
+    status: str
     val_acc_best: float | None
     test_acc: float | None
     test_mca: float | None  # mean corruption accuracy, when the jobs ran the benchmark (robustness=true)

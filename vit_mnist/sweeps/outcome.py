@@ -1,4 +1,4 @@
-"""What a search trial's job hands back to the sweeper when the pruner stopped it (no Optuna import: every entry loads it)."""
+"""What a search trial's job hands back to the sweeper when the pruner stopped it (no Optuna: every entry loads it)."""
 
 from __future__ import annotations
 

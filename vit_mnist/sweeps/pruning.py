@@ -1,4 +1,4 @@
-"""In a search trial's job: report val/acc to the trial after every validation, stop training when the pruner says so."""
+"""In a search trial's job: report val/acc to the trial after each validation, stop training when the pruner says so."""
 
 from __future__ import annotations
 

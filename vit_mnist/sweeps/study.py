@@ -32,18 +32,20 @@ def build(cfg: Any, what: str, **kwargs: Any) -> Any:
         cause = e.__cause__ or e
         target = cfg.get("_target_", "?") if isinstance(cfg, DictConfig) else cfg
         said = " ".join(str(cause).split())
-        raise UserError(f"hydra.sweeper.{what} ({target}) could not be built: {said}. Its options are the keys "
-                        f"of conf/hydra/sweeper/{what}/; check the names and values given on the command line, and "
-                        f"remove a key this {what} does not take with ~hydra.sweeper.{what}.<key> (hparams_search=optuna "
-                        "sets n_startup_trials, which the random and grid samplers do not have; "
-                        "docs/scaling.md#optuna-search).") from e
+        # hparams_search=optuna gives TPE n_startup_trials, which the random and grid samplers do not take
+        hint = " (hparams_search=optuna sets n_startup_trials for TPE)" if what == "sampler" else ""
+        raise UserError(f"hydra.sweeper.{what} ({target}) could not be built: {said}. Its options are the keys of "
+                        f"conf/hydra/sweeper/{what}/: check the names and values given on the command line, and drop "
+                        f"a key this {what} does not take with ~hydra.sweeper.{what}.<key>{hint} "
+                        "(docs/scaling.md#optuna-search).") from e
 
 
 def build_sampler(cfg: Any, grid: dict[str, list[Any]] | None = None) -> optuna.samplers.BaseSampler:
     """The sampler of `hydra.sweeper.sampler`; the grid sampler gets the search space's values."""
     if not isinstance(cfg, DictConfig) or "_target_" not in cfg:
-        raise UserError(f"hydra.sweeper.sampler is {OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg!r}"
-                        ": choose a sampler with hydra/sweeper/sampler=tpe (or random, cmaes, grid).")
+        given = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg
+        raise UserError(f"hydra.sweeper.sampler is {given!r}: choose a sampler with hydra/sweeper/sampler=tpe (or "
+                        "random, cmaes, grid).")
     if grid is not None:
         return build(cfg, "sampler", search_space=grid)
     return build(cfg, "sampler")

@@ -155,8 +155,8 @@ class StudySweeper:
     def _write_results(self, study: optuna.Study, sweep_dir: Path, outcomes: Counter[str], reasons: list[str]) -> None:
         """optimization_results.yaml: the study's best trial so far (every worker's), and this sweep's counts."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name,
-                                   "this_sweep": {s.lower(): outcomes.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL")}}
+        counts = {state.lower(): outcomes.get(state, 0) for state in ("COMPLETE", "PRUNED", "FAIL")}
+        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "this_sweep": counts}
         if done:
             best = study.best_trial
             results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
@@ -169,15 +169,17 @@ class StudySweeper:
             log.error(no_result_paragraph(sum(outcomes.values()), outcomes, reasons, sweep_dir, bool(done)))
 
 
-def no_result_paragraph(n: int, outcomes: Counter[str], reasons: list[str], sweep_dir: Path, study_has_best: bool) -> str:
+def no_result_paragraph(n: int, outcomes: Counter[str], reasons: list[str], sweep_dir: Path,
+                        study_has_best: bool) -> str:
     """What to say when none of this sweep's trials finished."""
-    first = f" The first failure: {reasons[0]}." if reasons else ""
-    best = ("The study's best trial, from other sweeps on the same storage, is in " if study_has_best
-            else "There is no best trial: ")
+    first = f" The first failure, {reasons[0].rstrip('.')}." if reasons else ""
+    results = sweep_dir / RESULTS_FILE
+    best = (f"{results} holds the study's best trial, from other sweeps on its storage." if study_has_best
+            else f"{results} has no best trial.")
     return (f"No trial of this sweep finished: of {n}, {outcomes.get('FAIL', 0)} failed and "
-            f"{outcomes.get('PRUNED', 0)} were pruned.{first} Each job's reason is in its metrics.json and in "
-            f"{sweep_dir / 'sweep_summary.md'}. {best}{sweep_dir / RESULTS_FILE}. A mistake that every trial shares "
-            "(a shape, a path, an option) shows with the same overrides as a single run, without -m.")
+            f"{outcomes.get('PRUNED', 0)} were pruned.{first} Every job's reason is in its metrics.json and in "
+            f"{sweep_dir / 'sweep_summary.md'}; {best} A mistake that every trial shares (a shape, a path, an option) "
+            "shows at once in a single run of one trial's overrides (with hydra.mode=RUN).")
 
 
 def _finite(value: Any) -> float | None:

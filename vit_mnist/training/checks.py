@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,22 @@ def validate(cfg: DictConfig) -> None:
     check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 1000), d.get("val_size", 5000),
                          d.get("num_workers", 0))
     check_training_options(cfg)
+    check_loggers(cfg.get("logger"))
     check_score(cfg.get("ood_score"))  # the verdicts' out-of-domain score, fitted after training
     check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
     ema = (cfg.get("callbacks") or {}).get("ema")
     if ema:
         check_ema_options(ema.get("decay", 0.999), ema.get("update_starting_at_step"),
                           ema.get("update_starting_at_fraction"))
+
+
+def check_loggers(loggers: Any) -> None:
+    """`UserError` for a logger whose library is not installed (MLflow is an optional extra)."""
+    for logger in (loggers or {}).values():
+        target = str(logger.get("_target_", "")) if isinstance(logger, DictConfig) else ""
+        if target.endswith("MLFlowLogger") and importlib.util.find_spec("mlflow") is None:
+            raise UserError("logger=mlflow needs MLflow, which is not installed here: pip install "
+                            "'vit-mnist[tracking]' (make install includes it), or log with logger=tensorboard.")
 
 
 def check_training_options(cfg: DictConfig) -> None:

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 # metrics.json keys that the TensorBoard HParams tab and the printed summary show, when the run has them
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen", "test/other_writers",
                   "test/pen_photos")
-SUMMARY_KEYS = ("status", "val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/ece", "calibration/temperature",
-                "test/mca", "test/mca_unseen",
+SUMMARY_KEYS = ("status", "val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/ece",
+                "calibration/temperature", "test/mca", "test/mca_unseen",
                 "test/other_writers", "test/pen_photos", "num_parameters", "epochs", "train_images_per_s",
                 "teacher_share", "wall_time_s", "after_fit_time_s", "best_checkpoint")
 
@@ -137,6 +137,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
             metrics.update(timed(metrics, "verdicts", fit_verdicts, trainer, module, datamodule, best,
                                  cfg.get("ood_score"), cfg.get("robustness_images")))
         if cfg.get("test"):
+            module.warn_uncalibrated = keep and cfg.get("calibrate", True)  # its own choice, not an old checkpoint
             timed(metrics, "test", trainer.test, module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
     metrics.update(
@@ -179,7 +180,7 @@ def log_config(cfg: DictConfig, loggers: list) -> None:
 
 
 def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as {"model.depth": 4, ...}; lists as their text."""
+    """A nested config as {"model.depth": 4, ...} (a list stays one value: the logger writes its text)."""
     if not isinstance(node, dict):
         return {prefix: node}
     flat: dict[str, Any] = {}

@@ -45,8 +45,8 @@ class TrialReporter(Callback):
         """One line for metrics.json and the sweep summary."""
         of = f" of {max_epochs}" if max_epochs and max_epochs > 0 else ""
         value = f" ({self.monitor} {self.last_value:.4f})" if self.last_value is not None else ""
-        return (f"stopped by the pruner after {epochs}{of} epochs{value}: below the other trials at the same "
-                f"validation")
+        pruner = type(getattr(self.trial.study, "pruner", None)).__name__
+        return f"stopped by the pruner ({pruner}) after {epochs}{of} epochs{value}"
 
 
 def trial_reporter(world_size: int) -> TrialReporter | None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -144,3 +145,17 @@ def test_every_sampler_and_pruner_option_builds(sampler: str, pruner: str, cls: 
         del sampler_cfg["n_startup_trials"]
     grid = {"model.depth": [2, 4]} if is_grid(sampler_cfg) else None
     assert type(build_sampler(sampler_cfg, grid)).__name__.lower().startswith(sampler[:3])
+
+
+def test_grid_sampler_runs_each_combination_once(data_dir: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "multirun"
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    # only the patch size is searched (TINY and the command line fix the rest), so the grid has 2 points
+    result = run_cli(["-m", "hparams_search=optuna", *FDR, "hydra/sweeper/sampler=grid",
+                      "~hydra.sweeper.sampler.n_startup_trials", "model.patch_size=choice(7,14)",
+                      "optimizer.weight_decay=0.01", "hydra.sweeper.n_trials=5", f"hydra.sweeper.storage={storage}",
+                      f"hydra.sweep.dir={sweep_dir}"], data_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name="vit_mnist", storage=storage).trials
+    assert sorted(t.params["model.patch_size"] for t in trials) == [7, 14]  # n_trials capped at the grid's size
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

@@ -92,6 +92,10 @@ class StudySweeper:
             overrides = [self._overrides(study, trial, space, storage) for trial in batch]
             try:
                 returns = self.launcher.launch(overrides, initial_job_idx=job_idx)
+            except BaseException:  # Ctrl+C, a launcher's own error: no trial left RUNNING in a shared storage
+                for trial in batch:
+                    tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
             finally:
                 for trial in batch:
                     LIVE_TRIALS.pop((study.study_name, trial._trial_id), None)
@@ -138,18 +142,18 @@ class StudySweeper:
         except Exception as e:  # the job raised past the runner's failure policy
             value, raised = None, f"{type(e).__name__}: {' '.join(str(e).split())}"
         if isinstance(value, PrunedTrial):
-            study.tell(trial, state=TrialState.PRUNED)
+            tell(study, trial, state=TrialState.PRUNED)
             log.info("Trial %d pruned after %d epochs", trial.number, value.epochs)
             return TrialState.PRUNED
         number = _finite(value)
         if number is None:
             reason = raised or job_error(ret) or f"the job returned {value!r}, not a number"
             trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             log.warning("Trial %d failed: %s", trial.number, reason)
             reasons.append(f"trial {trial.number}: {reason}")
             return TrialState.FAIL
-        study.tell(trial, number)
+        tell(study, trial, number)
         return TrialState.COMPLETE
 
     def _write_results(self, study: optuna.Study, sweep_dir: Path, outcomes: Counter[str], reasons: list[str]) -> None:
@@ -180,6 +184,16 @@ def no_result_paragraph(n: int, outcomes: Counter[str], reasons: list[str], swee
             f"{outcomes.get('PRUNED', 0)} were pruned.{first} Every job's reason is in its metrics.json and in "
             f"{sweep_dir / 'sweep_summary.md'}; {best} A mistake that every trial shares (a shape, a path, an option) "
             "shows at once in a single run of one trial's overrides (with hydra.mode=RUN).")
+
+
+def tell(study: optuna.Study, trial: optuna.trial.Trial, value: float | None = None, **kwargs: Any) -> None:
+    """`study.tell`, where the grid sampler's end of the grid is no error: its after_trial calls `study.stop()`,
+    which Optuna allows only inside `optimize` (the trial's state is stored before that raises)."""
+    try:
+        study.tell(trial, value, **kwargs)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
 
 
 def _finite(value: Any) -> float | None:

@@ -109,19 +109,35 @@ def test_a_sweep_whose_every_trial_fails_ends_with_its_summary_and_one_paragraph
     assert results["best_value"] is None and results["this_sweep"] == {"complete": 0, "pruned": 0, "fail": 2}
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["optimizer.lr=tag(log, interval(0, 1))"], ["optimizer.lr", "log scale"]),
-    (["hydra.sweeper.pruner=medain"], ["medain", "median", "hyperband", "none"]),
-    (["+hydra.sweeper.pruner.n_startup=3"], ["hydra.sweeper.pruner", "n_startup", "~hydra.sweeper.pruner"]),
-    (["hydra.sweeper.storage=nosuchdb://x"], ["storage", "nosuchdb"]),
-])
-def test_sweeper_mistakes_are_one_paragraph_before_any_trial(args: list[str], words: list[str], data_dir: Path,
-                                                             tmp_path: Path) -> None:
-    result = run_cli(["-m", "hparams_search=optuna", *FDR, *args, f"hydra.sweep.dir={tmp_path / 'multirun'}"],
-                     data_dir, tmp_path)
+def test_a_sweeper_mistake_is_one_paragraph_before_any_trial(data_dir: Path, tmp_path: Path) -> None:
+    # through the CLI: Hydra builds this project's sweeper from hydra_plugins, which reports the mistake
+    result = run_cli(["-m", "hparams_search=optuna", *FDR, "hydra.sweeper.pruner=medain",
+                      f"hydra.sweep.dir={tmp_path / 'multirun'}"], data_dir, tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    assert all(w in result.stderr for w in words), result.stderr
-    assert not list((tmp_path / "multirun").glob("*/metrics.json"))  # no trial ran
+    assert all(w in result.stderr for w in ("medain", "median", "hyperband", "none")), result.stderr
+    assert not (tmp_path / "multirun").exists() or not list((tmp_path / "multirun").glob("*/metrics.json"))
+
+
+@pytest.mark.parametrize(("overrides", "arguments", "words"), [
+    ([], ["optimizer.lr=tag(log, interval(0, 1))"], ["optimizer.lr", "log scale"]),
+    (["+hydra.sweeper.pruner.n_startup=3"], [], ["hydra.sweeper.pruner", "n_startup", "~hydra.sweeper.pruner"]),
+    (["hydra.sweeper.storage=nosuchdb://x"], [], ["storage", "nosuchdb"]),
+    (["hydra.sweeper.n_trials=0"], [], ["n_trials", "at least 1"]),
+])
+def test_sweeper_mistakes_in_its_config(overrides: list[str], arguments: list[str], words: list[str],
+                                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vit_mnist.sweeps.sweeper import StudySweeper
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=optuna", f"hydra.sweep.dir={tmp_path}", *overrides],
+                      return_hydra_config=True)
+    sweeper = StudySweeper(**{k: v for k, v in cfg.hydra.sweeper.items() if not k.startswith("_")})
+    sweeper.config, sweeper.launcher = cfg, object()  # no launch: the mistake stops the sweep before any trial
+    with pytest.raises(SystemExit) as stopped:
+        sweeper.sweep(arguments)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("error: ") and all(w in err for w in words), err
 
 
 @pytest.mark.parametrize(("pruner", "cls"), [("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),

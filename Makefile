@@ -6,11 +6,11 @@ TORCH_VERSION ?= 2.13.0
 
 .PHONY: install constraints train test test-fast lint gpu-check gpu-bundle clean tensorboard serve
 
-install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project at versions known to pass
+install:  ## .venv, pinned torch first (keeps pip from pulling another build), then the project (with MLflow) at versions known to pass
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==$(TORCH_VERSION)
-	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -c constraints.txt -e ".[dev,tracking]"
 
 # constraints.txt: every package version of an install that passed `make test` (torch aside: `install` pins it, and
 # a CUDA machine's build differs from a CPU one's). Refresh: newest versions the floors in pyproject.toml allow, in a
@@ -20,7 +20,7 @@ constraints:  ## refresh constraints.txt from a fresh install of the newest allo
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/pip install --upgrade pip
 	.venv-constraints/bin/pip install torch==$(TORCH_VERSION)
-	.venv-constraints/bin/pip install -e ".[dev]"
+	.venv-constraints/bin/pip install -e ".[dev,tracking]"
 	{ echo "# Versions known to pass 'make test' (used by 'make install'; torch is pinned there). Refresh: make constraints"; \
 	  .venv-constraints/bin/pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt
 	rm -rf .venv-constraints

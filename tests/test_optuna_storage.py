@@ -1,4 +1,5 @@
-"""An Optuna study kept in a database: two sweeps at once share it, a rerun continues it, a failed trial stays FAIL.
+"""An Optuna (>= 5) study kept in a database: two sweeps at once share it, a rerun continues it, a failed trial stays
+FAIL with its reason.
 
 Against sqlite always; against a PostgreSQL server too when VIT_MNIST_POSTGRES_URL names a database the test may
 write to (e.g. postgresql://postgres@127.0.0.1:5432/postgres, with psycopg2-binary installed); its study is deleted
@@ -85,6 +86,10 @@ def study(request: pytest.FixtureRequest, data_dir: Path, tmp_path_factory: pyte
         optuna.delete_study(study_name=name, storage=storage)
 
 
+def test_the_study_runs_on_optuna_5() -> None:
+    assert int(optuna.__version__.split(".")[0]) >= 5
+
+
 def test_two_sweeps_on_one_database_share_the_study(study: dict) -> None:
     first, cwd = study["first"], study["cwd"]
     assert sorted(t.number for t in first) == [0, 1, 2, 3]  # 2 trials from each worker, numbered by the database
@@ -97,6 +102,7 @@ def test_two_sweeps_on_one_database_share_the_study(study: dict) -> None:
     assert sorted(t.number for t in ran) == [0, 1, 2, 3]
     for job, trial in zip(jobs, ran):  # what Optuna recorded is what the job measured
         assert trial.value == pytest.approx(json.loads((job / "metrics.json").read_text())["val/acc_best"])
+        assert list(trial.intermediate_values) == [0]  # its one validation, reported by the job through the database
     assert len({tuple(sorted(t.params.items())) for t in first}) == 4
 
 
@@ -108,6 +114,7 @@ def test_a_rerun_continues_the_study_and_records_its_failed_trial(study: dict) -
     failed = trials[4]
     assert failed.number == 4 and failed.state == optuna.trial.TrialState.FAIL and failed.value is None
     assert failed.user_attrs["model.heads"] == "3"  # the command line's fixed values are kept with the trial
+    assert "model.heads=3" in failed.user_attrs["fail_reason"]  # and why it failed, from the job
     # the reason is in the job's metrics.json and the rerun's sweep summary
     metrics = json.loads((cwd / "rerun" / "0" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "model.heads=3" in metrics["error"]

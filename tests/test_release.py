@@ -63,6 +63,9 @@ def test_wheel_holds_every_config_module_and_web_asset(installed: tuple[Path, Pa
     # every module, subpackages included: pyproject.toml lists the packages by hand
     assert {f"vit_mnist/{m}" for m in _files(ROOT / "vit_mnist", "**/*.py")} <= names
     assert "hydra_plugins/vit_mnist_launcher/__init__.py" in names  # Hydra finds the submitit launchers there
+    # the Optuna sweeper's plugin shell, where Hydra's plugin scan finds it (and no hydra_plugins/__init__.py, which
+    # would hide every other plugin)
+    assert "hydra_plugins/vit_mnist_sweeper/optuna_sweeper.py" in names and "hydra_plugins/__init__.py" not in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "vit-mnist = vit_mnist.cli:main" in entry_points and "vit-mnist-train = vit_mnist.train:main" in entry_points
 

@@ -13,7 +13,10 @@ from omegaconf import DictConfig
 
 from vit_mnist.runtime.paths import CONFIG_DIR
 from vit_mnist.runtime.runner import run_job
+from vit_mnist.sweeps.plugin import register_sweeper
 from vit_mnist.training.fit import train
+
+register_sweeper()  # hparams_search=optuna's sweeper, also where an editable install hides it from Hydra's scan
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -142,10 +142,12 @@ def write_test_reports(
     step: int = 0,
     split: str = "test",
     map_title: str = MAP_TITLES["vit"],
+    figures: bool = True,
 ) -> dict[str, Path]:
     """Write every report file into `out_dir`, log the images and the report to TensorBoard under `<split>/`,
     print the report; return the files' paths. Used by both the training run's test stage and evaluate.
-    attention.png shows the model's relevance maps, titled `map_title` (the module's `map_title`)."""
+    attention.png shows the model's relevance maps, titled `map_title` (the module's `map_title`). figures=False
+    (search trials): the report, its markdown and the confusion matrix's CSV only, not the four figures."""
     out_dir = Path(out_dir)
     paths = {name.replace(".", "_"): out_dir / name for name in REPORT_FILES}
     probs, targets = results["probs"], results["targets"]
@@ -160,6 +162,11 @@ def write_test_reports(
 
     matrix = torch.tensor(report["confusion_matrix"], device="cpu")
     write_confusion_csv(paths["confusion_matrix_csv"], matrix, class_names)
+    if not figures:
+        for writer in tensorboard_writers(list(loggers)):
+            writer.add_text(f"{split}/classification_report", markdown, step)
+        print_report(report, title)
+        return {k: v for k, v in paths.items() if not k.endswith("_png")}
     save_figure(confusion_figure(matrix, class_names), paths["confusion_matrix_png"])
     empty = torch.empty(0, device="cpu")
     save_figure(misclassified_figure(results.get("wrong_images", empty), results.get("wrong_targets", empty),

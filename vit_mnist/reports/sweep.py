@@ -26,7 +26,8 @@ class JobRow:
     """One job of a sweep as it appears in the summary."""
 
     job: str
-    status: str  # ok, failed, or incomplete (no metrics.json: still running, or killed)
+    # ok, pruned (stopped early by an Optuna pruner), failed, or incomplete (no metrics.json: running, or killed)
+    status: str
     val_acc_best: float | None
     test_acc: float | None
     test_mca: float | None  # mean corruption accuracy, when the jobs ran the benchmark (robustness=true)
@@ -90,8 +91,8 @@ def read_job(job_dir: Path, sweep_dir: Path) -> JobRow:
             metrics = json.loads(metrics_file.read_text())
         except json.JSONDecodeError as e:
             metrics = {"status": "failed", "error": f"unreadable metrics.json: {e}"}
-        status = "failed" if metrics.get("status") == "failed" else "ok"
-        error = str(metrics.get("error", ""))
+        status = metrics.get("status") if metrics.get("status") in ("failed", "pruned") else "ok"
+        error = str(metrics.get("error") or metrics.get("reason") or "")  # a pruned job's reason
     else:
         status, error = "incomplete", "no metrics.json: the job is still running, or was killed"
 
@@ -115,9 +116,10 @@ def read_job(job_dir: Path, sweep_dir: Path) -> JobRow:
 
 
 def sort_rows(rows: list[JobRow]) -> list[JobRow]:
-    """Best first by val/acc_best (the sweep's objective), then test/acc; jobs without a result last."""
+    """Best first by val/acc_best (the sweep's objective), then test/acc; pruned jobs after the finished ones, jobs
+    without a result last."""
     def key(row: JobRow) -> tuple:
-        return (row.status != "ok", -(row.val_acc_best if row.val_acc_best is not None else -1.0),
+        return ({"ok": 0, "pruned": 1}.get(row.status, 2), -(row.val_acc_best if row.val_acc_best is not None else -1.0),
                 -(row.test_acc if row.test_acc is not None else -1.0), _natural_key(row.job))
 
     return sorted(rows, key=key)
@@ -166,9 +168,10 @@ def to_markdown(rows: list[JobRow], sweep_dir: Path) -> str:
               "test_other_writers": "test/other_writers", "test_pen_photos": "test/pen_photos",
               "num_parameters": "parameters",
               "wall_time_s": "wall time (s)", "train_images_per_s": "train images/s"}
-    counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "incomplete")}
+    counts = {s: sum(r.status == s for r in rows) for s in ("ok", "pruned", "failed", "incomplete")}
+    pruned = f"{counts['pruned']} pruned, " if counts["pruned"] else ""  # only sweeps with a pruner have any
     lines = [f"# Sweep summary: {sweep_dir}", "",
-             f"{len(rows)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['incomplete']} incomplete. "
+             f"{len(rows)} jobs: {counts['ok']} ok, {pruned}{counts['failed']} failed, {counts['incomplete']} incomplete. "
              "Sorted by val/acc_best (the sweep's objective); test/acc is reported, never used to choose.", ""]
     common, varied = split_overrides(rows)
     if common and len(rows) > 1:
@@ -185,7 +188,11 @@ def to_markdown(rows: list[JobRow], sweep_dir: Path) -> str:
         cells = [_cell(values[c], c) for c in columns]
         cells[-1] = f"`{varied[row.job]}`" if varied[row.job] else ""
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    failed = [r for r in rows if r.status != "ok"]
+    stopped = [r for r in rows if r.status == "pruned"]
+    if stopped:
+        lines += ["", "## Jobs stopped by the pruner", ""]
+        lines += [f"- job {r.job} (`{varied[r.job] or r.overrides}`): {r.error}" for r in stopped]
+    failed = [r for r in rows if r.status not in ("ok", "pruned")]
     if failed:
         lines += ["", "## Jobs without a result", ""]
         lines += [f"- job {r.job} ({r.status}, `{varied[r.job] or r.overrides}`): {r.error}" for r in failed]

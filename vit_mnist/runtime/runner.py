@@ -30,12 +30,12 @@ from omegaconf import DictConfig
 from vit_mnist.errors import UserError, find_user_error, report
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.console import quiet_known_noise
+from vit_mnist.sweeps.outcome import PrunedTrial
 
 log = logging.getLogger(__name__)
 
-# What a sweeper sees for a failed job. Not NaN: the Optuna sweeper this project pins (hydra-optuna-sweeper 1.3
-# with Optuna 2.10, docs/scaling.md) ends the whole study when a trial returns NaN, while None marks just that
-# trial FAIL in the study; None does the same with hydra-optuna-sweeper 1.4 and Optuna 4-5, where NaN would too
+# What a sweeper sees for a failed job: None, which this project's Optuna sweeper (vit_mnist.sweeps) records as a
+# FAIL trial with the reason from the job's metrics.json, and the study goes on
 # (tests/test_sweep.py::test_optuna_study_goes_on_after_a_failed_trial, tests/test_optuna_storage.py).
 FAILED_OBJECTIVE = None
 # Set for the rank processes of one job of a multirun (they run it as a single run): a failure there is the
@@ -98,10 +98,14 @@ def fails_the_job() -> bool:
 
 
 def objective_value(metrics: dict[str, Any] | None, objective: str | Callable[[dict[str, Any]], Any] | None) -> Any:
-    """`metrics[objective]` (or `objective(metrics)`) when it is a finite number, else FAILED_OBJECTIVE."""
+    """`metrics[objective]` (or `objective(metrics)`) when it is a finite number, else FAILED_OBJECTIVE; for a job
+    that an Optuna pruner stopped (`status: pruned`), a PrunedTrial."""
     if objective is None or metrics is None:
         return FAILED_OBJECTIVE if objective is not None else None
     value = objective(metrics) if callable(objective) else metrics.get(objective)
+    if metrics.get("status") == "pruned":  # stopped by an Optuna pruner: the sweeper marks the trial PRUNED
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return PrunedTrial(epochs=int(metrics.get("epochs") or 0), value=float(value) if finite else None)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return value
     return FAILED_OBJECTIVE

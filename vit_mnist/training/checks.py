@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options
 from vit_mnist.training.teacher import check_distill
 from vit_mnist.training.transfer import check_init_from
+
+# after_fit: what a run does once fitted. full: everything a kept model needs; search: only the test (search trials)
+AFTER_FIT = ("full", "search")
 
 
 def check_model(model_cfg: Any) -> None:
@@ -45,12 +49,22 @@ def validate(cfg: DictConfig) -> None:
     check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 1000), d.get("val_size", 5000),
                          d.get("num_workers", 0))
     check_training_options(cfg)
+    check_loggers(cfg.get("logger"))
     check_score(cfg.get("ood_score"))  # the verdicts' out-of-domain score, fitted after training
     check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
     ema = (cfg.get("callbacks") or {}).get("ema")
     if ema:
         check_ema_options(ema.get("decay", 0.999), ema.get("update_starting_at_step"),
                           ema.get("update_starting_at_fraction"))
+
+
+def check_loggers(loggers: Any) -> None:
+    """`UserError` for a logger whose library is not installed (MLflow is an optional extra)."""
+    for logger in (loggers or {}).values():
+        target = str(logger.get("_target_", "")) if isinstance(logger, DictConfig) else ""
+        if target.endswith("MLFlowLogger") and importlib.util.find_spec("mlflow") is None:
+            raise UserError("logger=mlflow needs MLflow, which is not installed here: pip install "
+                            "'vit-mnist[tracking]' (make install includes it), or log with logger=tensorboard.")
 
 
 def check_training_options(cfg: DictConfig) -> None:
@@ -72,6 +86,10 @@ def check_training_options(cfg: DictConfig) -> None:
                             "fraction of optimizer.lr (e.g. 0.01).")
     if sched.get("name", "none") not in ("none", "warmup_cosine"):
         raise UserError(f"Unknown scheduler.name={sched['name']!r}: use `scheduler=none` or `scheduler=warmup_cosine`.")
+    after_fit = cfg.get("after_fit", "full")
+    if after_fit not in AFTER_FIT:
+        raise UserError(f"after_fit={after_fit!r} must be full (calibration, detector, reports, robustness when "
+                        "asked: a model to keep) or search (the test only: a search trial, thrown away).")
     images = cfg.get("robustness_images")
     if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 1):
         raise UserError(f"robustness_images={images!r} must be a positive whole number (the first N test images "

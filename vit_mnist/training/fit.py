@@ -6,12 +6,13 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary
+from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,6 +27,7 @@ from vit_mnist.runtime.build import build_trainer, instantiate_group
 from vit_mnist.runtime.cluster import resume_checkpoint
 from vit_mnist.runtime.console import NetworkSummary
 from vit_mnist.runtime.paths import CONFIG_DIR
+from vit_mnist.sweeps.pruning import trial_reporter
 from vit_mnist.training.after_fit import fit_after_training
 from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.checks import check_before_run
@@ -39,10 +41,10 @@ log = logging.getLogger(__name__)
 # metrics.json keys that the TensorBoard HParams tab and the printed summary show, when the run has them
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/f1_macro", "test/mca", "test/mca_unseen", "test/other_writers",
                   "test/pen_photos")
-SUMMARY_KEYS = ("val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/ece", "calibration/temperature",
-                "test/mca", "test/mca_unseen",
+SUMMARY_KEYS = ("status", "val/acc_best", "test/acc", "test/f1_macro", "test/loss", "test/ece",
+                "calibration/temperature", "test/mca", "test/mca_unseen",
                 "test/other_writers", "test/pen_photos", "num_parameters", "epochs", "train_images_per_s",
-                "teacher_share", "wall_time_s", "best_checkpoint")
+                "teacher_share", "wall_time_s", "after_fit_time_s", "best_checkpoint")
 
 
 def hparams_to_log(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
@@ -114,27 +116,39 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
                  if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
     if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
         callbacks.append(NetworkSummary())  # also without a callbacks group (debug=fdr): the network, no metrics
-    if cfg.get("robustness") and cfg.get("test") and cfg.get("after_test"):  # the benchmark, right after the test
+    if cfg.get("robustness") and cfg.get("test") and cfg.get("after_test") and cfg.get("after_fit", "full") == "full":
         callbacks.append(hydra.utils.instantiate(cfg.after_test, corruptions=suite_config(cfg),
                                                  augment=cfg.data.get("augment")))
     trainer = build_trainer(cfg.trainer, callbacks, loggers)
+    reporter = trial_reporter(trainer.world_size)  # an Optuna trial's job: val/acc to its trial, stop when pruned
+    if reporter is not None:
+        trainer.callbacks.append(reporter)
+    log_config(cfg, loggers)
     # a requeued cluster job goes on from its own last.ckpt rather than from epoch 0
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
     if trainer.interrupted:
         raise SystemExit(130)  # Ctrl+C: Lightning already stopped cleanly
+    fitted = time.perf_counter()
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_best = module.val_acc_best.compute().item() if module.val_acc_best.update_count else math.nan
     metrics: dict[str, Any] = {"val/acc_best": val_best}
-    if cfg.get("calibrate", True) or cfg.get("verdicts", True):  # into the best checkpoint, before it is tested
-        metrics.update(fit_after_training(trainer, module, datamodule, best, calibrate=cfg.get("calibrate", True),
-                                          verdicts=cfg.get("verdicts", True), score=cfg.get("ood_score"),
-                                          limit=cfg.get("robustness_images")))
-    if cfg.get("test"):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
-        for callback in trainer.callbacks:  # what ran after the test (the robustness benchmark) on rank zero
-            metrics.update(getattr(callback, "run_metrics", {}))
+    # after_fit=search (search trials): the test only; a pruned trial not even that
+    keep = cfg.get("after_fit", "full") == "full"
+    if reporter is not None and reporter.pruned:
+        metrics.update(status="pruned", reason=reporter.reason(trainer.current_epoch, cfg.trainer.get("max_epochs")))
+    else:
+        calibrate, verdicts = keep and cfg.get("calibrate", True), keep and cfg.get("verdicts", True)
+        if calibrate or verdicts:  # into the best checkpoint, before it is tested
+            metrics.update(timed(metrics, "calibration_and_detector", fit_after_training, trainer, module, datamodule, best,
+                                 calibrate=calibrate, verdicts=verdicts, score=cfg.get("ood_score"),
+                                 limit=cfg.get("robustness_images")))
+        if cfg.get("test"):
+            module.warn_uncalibrated = calibrate  # its own choice, not an old checkpoint
+            timed(metrics, "test", trainer.test, module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update(summary_metrics(trainer.callback_metrics, module.test_results))  # as evaluate writes them
+            for callback in trainer.callbacks:  # what ran after the test (the robustness benchmark) on rank zero
+                metrics.update(getattr(callback, "run_metrics", {}))
     metrics.update(
         {
             "num_parameters": module.num_parameters,
@@ -152,8 +166,35 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         metrics["teacher_time_s"] = round(module.teacher_time_s, 2)
         metrics["teacher_share"] = round(module.teacher_time_s / throughput.train_time, 4) if throughput.train_time else None
     if trainer.is_global_zero:
-        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step)
+        finish_run(cfg, Path(cfg.paths.output_dir), module, metrics, trainer.loggers, trainer.global_step, fitted)
     return metrics
+
+
+def timed(metrics: dict[str, Any], name: str, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one after-fit step, its seconds into `metrics[<name>_time_s]`; return what it returned."""
+    started = time.perf_counter()
+    result = step(*args, **kwargs)
+    metrics[f"{name}_time_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def log_config(cfg: DictConfig, loggers: list) -> None:
+    """The run's whole config as flat `model.depth`-style params, for the loggers that keep params (MLflow)."""
+    tracked = [logger for logger in loggers if isinstance(logger, MLFlowLogger)]
+    if tracked:
+        params = flat_config(OmegaConf.to_container(cfg, resolve=True))
+        for logger in tracked:
+            logger.log_hyperparams(params)
+
+
+def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"model.depth": 4, ...} (a list stays one value: the logger writes its text)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flat_config(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    return flat
 
 
 def suite_config(cfg: DictConfig) -> Any:
@@ -163,14 +204,23 @@ def suite_config(cfg: DictConfig) -> Any:
 
 
 @rank_zero_only
-def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int) -> None:
-    """Rank zero: the test reports, metrics.json, TensorBoard hparams, a summary."""
+def finish_run(cfg: DictConfig, out_dir: Path, module: ViTClassifier, metrics: dict, loggers: list, step: int,
+               fitted: float | None = None) -> None:
+    """Rank zero: the test reports (with after_fit=search, without their figures), metrics.json, TensorBoard hparams,
+    a summary."""
+    keep = cfg.get("after_fit", "full") == "full"
     if module.test_results:
-        write_test_reports(module.test_results, out_dir, module.class_names, loggers, step, map_title=module.map_title)
+        timed(metrics, "reports", write_test_reports, module.test_results, out_dir, module.class_names, loggers,
+              step, map_title=module.map_title, figures=keep)
+    if fitted is not None:  # from the end of the fit to here: what a run spends on a fitted model
+        metrics["after_fit_time_s"] = round(time.perf_counter() - fitted, 2)
     hp_metrics = {k: metrics[k] for k in HPARAM_METRICS if k in metrics}
     for logger in loggers:
         if tensorboard_writers([logger]):
             logger.log_hyperparams(hparams_to_log(cfg, module.num_parameters), hp_metrics)
+        if isinstance(logger, MLFlowLogger):  # the run's results beside its per-epoch curves
+            logger.log_metrics({k: float(v) for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}, step)
         logger.finalize("success")
     write_json(out_dir / "metrics.json", metrics)
     print_summary(metrics, out_dir)

@@ -139,6 +139,10 @@ class ViTClassifier(LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    # whether loading a checkpoint without a temperature warns; the run that chose not to calibrate (calibrate=false,
+    # after_fit=search) tests its own checkpoint without the warning
+    warn_uncalibrated = True
+
     def set_calibration(self, calibration: dict[str, Any] | None) -> None:
         """Use a fitted calibration ({"temperature": T, ...}; None: temperature 1), saved with every checkpoint."""
         temperature = float(calibration["temperature"]) if calibration else 1.0
@@ -176,7 +180,7 @@ class ViTClassifier(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # resuming a fit from a checkpoint written before the calibration (last.ckpt) is no reason to warn
         fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
-        self.load_calibration(checkpoint, warn=not fitting)
+        self.load_calibration(checkpoint, warn=not fitting and self.warn_uncalibrated)
         self.load_detector(checkpoint)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], tta: bool = False

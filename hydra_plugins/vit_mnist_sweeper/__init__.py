@@ -1,0 +1,1 @@
+"""Hydra's entry to vit-mnist's Optuna sweeper: Hydra instantiates sweepers only from the hydra_plugins namespace."""

@@ -213,7 +213,7 @@ def test_onnx_export_divides_by_the_temperature_inside_the_graph(calibrated_tta:
     assert float(meta["temperature"]) == TEMPERATURE and json.loads(meta["tta"]) is True
     session = ort.InferenceSession(summary["output"], providers=["CPUExecutionProvider"])
     for batch in (slice(0, 1), slice(None)):  # the batch axis stays dynamic with the shifts in the graph
-        out_logits, out_probs = session.run(None, {"image": x[batch].numpy()})
+        out_logits, out_probs, _ = session.run(None, {"image": x[batch].numpy()})
         np.testing.assert_allclose(out_logits, logits[batch], atol=1e-4, rtol=0)
         np.testing.assert_allclose(out_probs, expected[batch], atol=1e-5, rtol=0)
 

@@ -135,7 +135,7 @@ def test_onnx_export_matches_pytorch(trained: tuple[Path, dict], data_dir: Path,
         expected = module(x)
     session = ort.InferenceSession(summary["output"], providers=["CPUExecutionProvider"])
     for batch in (x[:1], x):  # the batch axis is dynamic
-        logits, probabilities = session.run(None, {"image": batch.numpy()})
+        logits, probabilities, _ = session.run(None, {"image": batch.numpy()})
         np.testing.assert_allclose(logits, expected[: len(batch)].numpy(), atol=1e-4, rtol=0)
         calibrated = (expected[: len(batch)] / module.temperature).softmax(dim=1)  # the checkpoint's temperature
         np.testing.assert_allclose(probabilities, calibrated.numpy(), atol=1e-4, rtol=0)

@@ -37,7 +37,7 @@ def assert_onnx_matches_pytorch(model_path: Path, ckpt: Path, x: torch.Tensor, a
     with torch.no_grad():
         expected = module(x)
     for batch in (x[:1], x):  # batch 1 and the full batch: the batch axis is dynamic
-        logits, probabilities = session.run(None, {"image": batch.numpy()})
+        logits, probabilities, _ = session.run(None, {"image": batch.numpy()})
         np.testing.assert_allclose(logits, expected[: len(batch)].numpy(), atol=atol, rtol=0)
         calibrated = (expected[: len(batch)] / module.temperature).softmax(dim=1)  # the checkpoint's temperature
         np.testing.assert_allclose(probabilities, calibrated.numpy(), atol=atol, rtol=0)
@@ -63,7 +63,7 @@ def test_torchscript_export_matches_pytorch(ckpt: Path, data_dir: Path, tmp_path
     module = torch.jit.load(summary["output"], map_location="cpu", _extra_files=extra)
     x = normalised_test_images(data_dir, 9)
     with torch.no_grad():
-        logits, _ = module(x)
+        logits, _, _ = module(x)
         expected = load_checkpoint(ckpt)(x)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
     assert json.loads(extra["metadata.json"])["normalize_mean"] == "0.1307"
@@ -103,3 +103,30 @@ def test_onnx_parity_on_256_real_mnist_test_images(tmp_path: Path) -> None:
     summary = export(ckpt, "onnx", output=tmp_path / "model.onnx")
     x = normalised_test_images(data_dir, 256)
     assert_onnx_matches_pytorch(Path(summary["output"]), ckpt, x)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_verdicts_equal_predict_s_on_digits_and_non_digits(fmt: str, ckpt: Path, data_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    from vit_mnist.data.non_digits import make_non_digits
+    from vit_mnist.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.detector is not None  # the shared tiny run fitted one: the graph carries it
+    letters = make_non_digits("letters", 24, 0, "benchmark")  # already in MNIST's layout, as predict makes images
+    batch = torch.cat([normalised_test_images(data_dir, 24), (letters.float() / 255 - predictor.mean) / predictor.std])
+    summary = export(ckpt, fmt, output=tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt"))
+    if fmt == "onnx":
+        codes = ort.InferenceSession(summary["output"], providers=["CPUExecutionProvider"]).run(
+            ["verdict"], {"image": batch.numpy()})[0]
+        meta = read_onnx_metadata(summary["output"])
+    else:
+        extra = {"metadata.json": ""}
+        module = torch.jit.load(summary["output"], map_location="cpu", _extra_files=extra)
+        codes = module(batch)[2].numpy()
+        meta = json.loads(extra["metadata.json"])
+    names = json.loads(meta["verdict_codes"])
+    exported = [names[str(int(code))] for code in codes]
+    assert exported == predictor.answer(batch.numpy()).verdicts
+    assert "out_of_domain" in exported and codes.dtype == np.int64  # the letters are not all taken for digits
+    assert "Mahalanobis" in meta["verdict_detector"]

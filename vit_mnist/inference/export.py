@@ -19,30 +19,40 @@ from torch import nn
 
 from vit_mnist.errors import UserError
 from vit_mnist.inference.predictor import Predictor
-from vit_mnist.models.tta import tta_logits
+from vit_mnist.models.outputs import logits_and_features
+from vit_mnist.ood.detector import VERDICTS, OODDetector
+from vit_mnist.ood.thresholds import MIN_CONFIDENCE
 from vit_mnist.training.checkpoints import check_checkpoint_path
 from vit_mnist.version import __version__
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 DEFAULT_OPSET = 18  # what torch's exporter writes natively; onnxruntime >= 1.14 runs all of it on CPU
 MIN_OPSET = 11  # the oldest the exporter accepts; whether it can convert a given model that far is checked after
-INPUT_NAME, OUTPUT_NAMES = "image", ("logits", "probabilities")
+INPUT_NAME, OUTPUT_NAMES = "image", ("logits", "probabilities", "verdict")
 DESCRIPTIONS = {"vit": "Vision Transformer", "cnn": "Small CNN"}  # by the checkpoint's model.arch
 
 
 class ExportWrapper(nn.Module):
-    """The network with its calibrated softmax: outputs both logits and probabilities, so users need no extra code.
+    """The network with its calibrated softmax and its verdict, so users of the file need no extra code.
 
-    As the Predictor computes them: logits averaged over the test-time shifts when `tta` (inside the graph), and
-    probabilities softmax(logits / temperature), the checkpoint's fitted temperature divided inside the graph."""
+    As the Predictor computes them: logits averaged over the test-time shifts when `tta` (inside the graph),
+    probabilities softmax(logits / temperature), the checkpoint's fitted temperature divided inside the graph, and the
+    verdict of each image as an index into VERDICTS (0 confident, 1 unsure, 2 out_of_domain): the checkpoint's
+    out-of-domain detector (its score, statistics and thresholds in the graph), else `unsure` below MIN_CONFIDENCE."""
 
-    def __init__(self, net: nn.Module, temperature: float = 1.0, tta: bool = False):
+    def __init__(self, net: nn.Module, temperature: float = 1.0, tta: bool = False, detector: OODDetector | None = None):
         super().__init__()
-        self.net, self.temperature, self.tta = net, float(temperature), bool(tta)
+        self.net, self.temperature, self.tta, self.detector = net, float(temperature), bool(tta), detector
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = tta_logits(self.net, image) if self.tta else self.net(image)
-        return logits, (logits / self.temperature).softmax(dim=-1)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.detector is not None and self.detector.needs_features
+        logits, feats = logits_and_features(self.net, image, self.tta, features)
+        calibrated = (logits.double() / self.temperature).softmax(dim=-1)  # the verdict's, in float64 as predict's
+        if self.detector is None:
+            verdict = torch.where(calibrated.max(dim=-1).values < MIN_CONFIDENCE, 1, 0)
+        else:
+            verdict = self.detector.verdict_codes(calibrated, self.detector.scores(logits.double(), feats))
+        return logits, (logits / self.temperature).softmax(dim=-1), verdict.long()
 
 
 def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
@@ -58,7 +68,14 @@ def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
                   "normalize_std. vit_mnist.data.preprocess.preprocess does all of this."),
         "outputs": ("logits: float32 [batch, classes], the network's"
                     + (" (averaged over the image and its four one-pixel shifts, edge-filled)" if predictor.tta else "")
-                    + "; probabilities: softmax(logits / temperature), calibrated"),
+                    + "; probabilities: softmax(logits / temperature), calibrated; verdict: int64 [batch], an index "
+                    "into verdict_codes"),
+        "verdict_codes": json.dumps(dict(enumerate(VERDICTS))),
+        "verdict_detector": (f"{predictor.detector.describe()}: out_of_domain above {predictor.detector.ood_threshold:.6g}, "
+                             f"unsure below a calibrated top-1 probability of {predictor.detector.unsure_threshold:.6g}"
+                             if predictor.detector is not None else
+                             f"none in the checkpoint: unsure below a calibrated top-1 probability of {MIN_CONFIDENCE}, "
+                             "never out_of_domain (python -m vit_mnist.calibrate fits one)"),
         "temperature": repr(predictor.temperature),  # fitted on the validation split (1: not calibrated)
         "tta": json.dumps(predictor.tta),
         "source_checkpoint": ckpt_path.name,
@@ -119,7 +136,7 @@ def export_onnx(wrapper: ExportWrapper, path: Path, meta: dict[str, str], opset:
 
 
 def onnx_outputs(path: Path, x: torch.Tensor) -> list[np.ndarray]:
-    """Logits and probabilities from onnxruntime on CPU."""
+    """Logits, probabilities and verdicts from onnxruntime on CPU."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -142,9 +159,21 @@ def export_torchscript(wrapper: ExportWrapper, path: Path, meta: dict[str, str])
 
 
 def torchscript_outputs(path: Path, x: torch.Tensor) -> list[np.ndarray]:
-    """Logits and probabilities from the TorchScript module."""
+    """Logits, probabilities and verdicts from the TorchScript module."""
     with quiet(), torch.inference_mode():
         return [out.numpy() for out in torch.jit.load(str(path), map_location="cpu")(x)]
+
+
+def check_verdicts(predictor: Predictor, run_exported: Any, path: Path, x: torch.Tensor) -> None:
+    """The exported graph's verdicts equal predict's on `x` and on noise (out-of-domain images); else an error."""
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(2), device="cpu")
+    for batch in (x, (noise - predictor.mean) / predictor.std):
+        exported = [VERDICTS[int(code)] for code in run_exported(path, batch)[2]]
+        expected = predictor.answer(batch.numpy()).verdicts
+        if exported != expected:
+            wrong = sum(a != b for a, b in zip(exported, expected, strict=True))
+            raise RuntimeError(f"The exported model's verdicts differ from predict's on {wrong} of {len(batch)} check "
+                               "images; nothing was written. Please report this with your checkpoint's config.")
 
 
 def check_opset(opset: int) -> None:
@@ -174,7 +203,7 @@ def export(ckpt_path: str | Path | None, fmt: str = "onnx", output: str | Path |
     if not target.parent.is_dir():
         raise UserError(f"The folder of output={target} does not exist: create it or choose another output path.")
     predictor = Predictor.from_checkpoint(ckpt)
-    wrapper = ExportWrapper(predictor.net, predictor.temperature, predictor.tta).eval()
+    wrapper = ExportWrapper(predictor.net, predictor.temperature, predictor.tta, predictor.detector).eval()
     meta = metadata(predictor, ckpt)
     started = time.perf_counter()
     # Write next to the target and move into place only after the check: never a wrong or half-written file.
@@ -201,13 +230,16 @@ def export(ckpt_path: str | Path | None, fmt: str = "onnx", output: str | Path |
         x = check_inputs(check_batch, 1, predictor.mean, predictor.std)
         with torch.inference_mode():
             expected = [out.numpy() for out in wrapper(x)]
-        # both outputs: the logits, and the calibrated probabilities (temperature and test-time shifts included)
-        max_diff = max(float(np.abs(got - want).max()) for got, want in zip(run_exported(tmp, x), expected, strict=True))
+        # the logits and the calibrated probabilities (temperature and test-time shifts included) within atol; the
+        # verdicts equal to predict's (vit_mnist.inference.predictor), on these images and on images that are not digits
+        got = run_exported(tmp, x)
+        max_diff = max(float(np.abs(g - w).max()) for g, w in zip(got[:2], expected[:2], strict=True))
         if not max_diff <= atol:
             raise RuntimeError(
                 f"The exported {fmt} model differs from PyTorch by {max_diff:.2e} (more than atol={atol}) on "
                 f"{check_batch} check images; nothing was written. Please report this with your checkpoint's config."
             )
+        check_verdicts(predictor, run_exported, tmp, x)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o666 & ~umask)  # mkstemp makes the file private; the export is an ordinary file

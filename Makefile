@@ -37,13 +37,10 @@ test-fast: lint  ## without the slow tests
 lint:  ## the layer contracts of pyproject.toml: entry points -> library packages -> errors (import-linter)
 	$(BIN)/lint-imports
 
-# unless CKPT=path/to.ckpt is given: the newest run whose robustness was measured (robustness=true, e.g.
-# experiment=robust), else the newest best checkpoint under outputs/
-ROBUST_CKPT := $(shell for f in $$(ls -t outputs/*/*/robustness.json 2>/dev/null); do c=$${f%robustness.json}checkpoints/best.ckpt; [ -f "$$c" ] && echo "$$c" && break; done)
-CKPT ?= $(or $(ROBUST_CKPT),$(shell ls -t outputs/*/*/checkpoints/best.ckpt outputs/*/checkpoints/best.ckpt 2>/dev/null | head -n 1))
-
+# CKPT=path/to/best.ckpt names the checkpoint; without it serve takes the newest run under outputs/ whose checkpoint
+# has an out-of-domain detector (vit_mnist/inference/choose.py), and says which
 serve:  ## the digit-drawing web app on http://127.0.0.1:8000 (CKPT=path to choose the checkpoint, ARGS="port=8080")
-	$(BIN)/python -m vit_mnist.serve ckpt_path=$(CKPT) $(ARGS)
+	$(BIN)/python -m vit_mnist.serve $(if $(CKPT),ckpt_path=$(CKPT)) $(ARGS)
 
 DRY_RUN ?= 0
 gpu-check:  ## on a CUDA machine: GPU tests, fast's time to 99%, the benchmark, note_budget x3 (BEST=1: best too); non-zero exit if any fails; DRY_RUN=1: every step on the CPU, tiny

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import socket
 from pathlib import Path
@@ -147,3 +148,27 @@ def test_port_in_use_is_a_user_error() -> None:
         s.listen()
         with pytest.raises(UserError, match="another program"):
             check_port("127.0.0.1", s.getsockname()[1])
+
+
+def test_serve_takes_the_newest_checkpoint_with_a_detector(predictor: Predictor, tmp_path: Path) -> None:
+    from vit_mnist.inference.choose import newest_checkpoint
+
+    with_detector = Path(predictor.source)
+    older, newer = (tmp_path / "outputs" / day / "checkpoints" for day in ("a", "b"))
+    for folder in (older, newer):
+        folder.mkdir(parents=True)
+    (older / "best.ckpt").write_bytes(with_detector.read_bytes())
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, newer / "best.ckpt")  # newer, but no detector
+    os.utime(older / "best.ckpt", (1, 1))
+    chosen, why = newest_checkpoint(tmp_path / "outputs")
+    assert chosen == older / "best.ckpt" and "detector" in why
+    (older / "best.ckpt").unlink()
+    assert newest_checkpoint(tmp_path / "outputs")[0] == newer / "best.ckpt"  # none has one: the newest, said
+    with pytest.raises(UserError, match="No checkpoint to serve"):
+        newest_checkpoint(tmp_path / "empty")
+
+
+def test_the_page_names_the_run_and_its_verdicts(client: TestClient) -> None:
+    info = client.get("/healthz").json()
+    # outputs/<date>/<time>/checkpoints/best.ckpt -> <date>/<time>/best.ckpt: which run, not just "best.ckpt"
+    assert info["run"].endswith("/best.ckpt") and info["run"].count("/") == 2 and "Mahalanobis" in info["verdicts"]

@@ -27,8 +27,10 @@ from vit_mnist.data.preprocess import (
     to_mnist_layout,
 )
 from vit_mnist.errors import UserError
+from vit_mnist.inference.choose import newest_checkpoint
 from vit_mnist.inference.predictor import Predictor
 from vit_mnist.models.registry import NAMES
+from vit_mnist.runtime.paths import project_root
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_BYTES = 1_000_000  # 1 MB: a drawn digit as PNG is a few kB
@@ -102,6 +104,14 @@ def pixels_from_json(body: bytes) -> np.ndarray:
     return array
 
 
+def run_label(source: str) -> str:
+    """What the page calls a checkpoint: its run folder (outputs/<date>/<time>) and file, else its path."""
+    path = Path(source)
+    if path.parent.name == "checkpoints" and len(path.parents) >= 3:
+        return f"{path.parents[2].name}/{path.parents[1].name}/{path.name}"
+    return str(path)
+
+
 def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, layout: str = "auto") -> FastAPI:
     """The web app: the page at /, POST /api/predict, GET /healthz."""
     model_name = NAMES.get(predictor.arch, "the model")
@@ -110,8 +120,9 @@ def create_app(predictor: Predictor, max_bytes: int = MAX_BYTES, layout: str = "
     model_lock = threading.Lock()  # one forward pass at a time: no thread oversubscription on small CPUs
     # model / model_name: the page says which network answers (vit or cnn), so a comparison is visible.
     info = {"dataset": predictor.dataset, "class_names": predictor.class_names,
-            "checkpoint": Path(predictor.source).name, "model": predictor.arch, "model_name": model_name,
-            "temperature": predictor.temperature}  # the probabilities are calibrated: softmax(logits / temperature)
+            "checkpoint": Path(predictor.source).name, "run": run_label(predictor.source), "model": predictor.arch,
+            "model_name": model_name, "temperature": predictor.temperature,  # calibrated: softmax(logits / T)
+            "verdicts": predictor.detector.describe() if predictor.detector is not None else None}
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -206,15 +217,18 @@ def serve(cfg: DictConfig) -> dict[str, Any]:
     """Check the settings and the checkpoint, then serve the app with uvicorn until stopped."""
     import uvicorn
 
-    predictor = Predictor.from_checkpoint(cfg.ckpt_path)
+    ckpt_path, chosen = cfg.ckpt_path, "named by ckpt_path"
+    if ckpt_path is None:
+        ckpt_path, chosen = newest_checkpoint(Path(project_root()) / "outputs")
+    predictor = Predictor.from_checkpoint(ckpt_path)
     if int(cfg.max_bytes) < 1:
         raise UserError(f"max_bytes={cfg.max_bytes} must be a positive number of bytes, e.g. max_bytes=1000000.")
     check_layout(str(cfg.layout))
     check_port(str(cfg.host), int(cfg.port))
     app = create_app(predictor, int(cfg.max_bytes), str(cfg.layout))
-    print(f"vit-mnist: {predictor.dataset} {predictor.arch} model from {cfg.ckpt_path}; "
+    print(f"vit-mnist: {predictor.dataset} {predictor.arch} model from {ckpt_path} ({chosen}); "
           f"open http://{cfg.host}:{cfg.port}", flush=True)
-    print(f"vit-mnist: {robustness_note(cfg.ckpt_path)}", flush=True)
+    print(f"vit-mnist: {robustness_note(str(ckpt_path))}", flush=True)
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level),
                 access_log=bool(cfg.access_log))
     return {"status": 0}

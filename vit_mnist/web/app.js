@@ -215,8 +215,9 @@ async function loadInfo() {
     const info = await response.json();
     if (Array.isArray(info.class_names) && info.class_names.length) classNames = info.class_names;
     const kind = info.model_name ? `${info.model_name}, ` : "";
+    const verdicts = info.verdicts ? `verdicts by ${info.verdicts}` : "no out-of-domain detector";
     document.getElementById("model-info").textContent =
-      `Model: ${info.checkpoint} (${kind}${info.dataset}, ${classNames.length} classes)`;
+      `Model: ${info.run || info.checkpoint} (${kind}${info.dataset}, ${classNames.length} classes; ${verdicts})`;
     if (info.model_name) {
       document.getElementById("tagline").textContent =
         `Draw a digit in the box. ${capitalise(info.model_name)} reads it while you draw.`;

@@ -245,6 +245,9 @@ def test_the_robustness_report_has_an_out_of_domain_section(data_dir: Path, tmp_
         assert (out / name).is_file(), name
     markdown = (out / "robustness.md").read_text()
     assert "## Out of domain" in markdown and "| letters: AUROC |" in markdown
+    ece = summary["models"][0]["ece"]  # calibration under shift, beside the accuracy
+    assert "## Calibration under shift" in markdown and {"clean", "stripe", "other_writers"} <= set(ece)
+    assert ece["corrupted_mean"] == pytest.approx(ece["stripe"]) and all(0 <= v <= 1 for v in ece.values())
     assert f"| **mean AUROC** | **{ood['mean_auroc']:.4f}** |" in markdown
     rows = list(csv.reader(io.StringIO((out / "ood.csv").read_text())))
     assert rows[1][:2] == ["mean", "auroc"] and float(rows[1][2]) == pytest.approx(ood["mean_auroc"], abs=1e-6)

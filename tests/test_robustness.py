@@ -128,6 +128,16 @@ def test_benchmark_accuracy_equals_an_independent_count(tta: bool) -> None:
         correct = int((logits.argmax(dim=1) == labels).sum())
         assert results[0].accuracy[spec_c.name] == pytest.approx(correct / len(labels), abs=1e-7)
         assert torch.equal(shown[spec_c.name], corrupted[:4])
+        # calibration under shift: the ECE of the calibrated probabilities, 15 bins, by hand
+        confidence, predicted = (logits.double() / module.temperature).softmax(dim=-1).max(dim=-1)
+        hits, ece = (predicted == labels).double(), 0.0
+        bins = torch.clamp((confidence * 15).ceil().long() - 1, 0, 14)
+        for b in range(15):
+            inside = bins == b
+            if inside.any():
+                ece += float(inside.double().mean() * (confidence[inside].mean() - hits[inside].mean()).abs())
+        assert results[0].ece[spec_c.name] == pytest.approx(ece, abs=1e-5)
+    assert results[0].corrupted_ece == pytest.approx(sum(results[0].ece[s.name] for s in suite) / 3)
     assert results[0].mca == pytest.approx(sum(results[0].accuracy.values()) / 3)
     assert 0.0 < results[0].clean < 1.0
     assert results[0].other_writers is None  # not asked for
@@ -167,7 +177,7 @@ def test_other_writers_accuracy_equals_an_independent_count() -> None:
         mine = predicted[labels == digit]
         assert per_class[digit] == pytest.approx(float((mine == digit).double().mean()), abs=1e-7)
     report = robustness_markdown(results, [], 20, 0)
-    row = report.split("## Per digit")[1].splitlines()[-1]
+    row = report.split("## Per digit")[1].split("\n## ")[0].strip().splitlines()[-1]
     assert row.split("|")[3:13] == [f" {100 * v:.2f} " for v in per_class]
 
 

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vit_mnist.data.image_ops import elastic_warp, gaussian_blur, resample_resolution, stroke_width
+from vit_mnist.data.image_ops import (
+    elastic_warp,
+    gaussian_blur,
+    resample_resolution,
+    stroke_width,
+)
 from vit_mnist.errors import UserError
 
 INTERPOLATIONS = ("bilinear", "nearest")  # the grid_sample modes that suit uint8 digit images

@@ -62,7 +62,24 @@ def robustness_markdown(results: Sequence[Any], suite: Sequence[Any], num_images
                                                for s in suite) + ".", ""]
     for label, description in _measured_sets(results).values():
         lines += [f"{label.capitalize()}: {description}; not part of mCA.", ""]
-    return "\n".join(lines + per_class_markdown(results)) + ood_markdown(results)
+    return "\n".join(lines + per_class_markdown(results) + ece_markdown(results)) + ood_markdown(results)
+
+
+def ece_markdown(results: Sequence[Any]) -> list[str]:
+    """Expected calibration error under shift: are the calibrated probabilities still honest off the test set?"""
+    if not any(r.ece for r in results):
+        return []
+    names = [r.name for r in results]
+    sets = [name for name in ("clean", *_measured_sets(results)) if any(name in r.ece for r in results)]
+    labels = {"clean": "clean", **{k: label for k, (label, _) in _measured_sets(results).items()}}
+    lines = ["## Calibration under shift", "",
+             "Expected calibration error of the calibrated probabilities (15 bins; 0 is perfectly honest) on the "
+             "clean images, the mean over the corruptions and each digit set.", "",
+             "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines.append("| corrupted (mean) | " + " | ".join(_num(r.corrupted_ece) for r in results) + " |")
+    for name in sets:
+        lines.append(f"| {labels[name]} | " + " | ".join(_num(r.ece.get(name)) for r in results) + " |")
+    return lines + [""]
 
 
 def per_class_markdown(results: Sequence[Any]) -> list[str]:

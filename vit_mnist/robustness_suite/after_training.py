@@ -45,6 +45,7 @@ def measure_after_training(module: Any, datamodule: Any, augment: dict | None, c
     sets = {f"test/{name}": acc for name, acc in r.digit_sets.items()}
     return {"test/mca": r.mca, "test/mca_unseen": r.unseen_mca, **sets, "test/acc_clean_suite": r.clean,
             "robustness_images": len(labels), **{f"test/corrupt/{k}": v for k, v in r.accuracy.items()},
+            "test/ece_corrupted": r.corrupted_ece, **{f"test/ece/{name}": r.ece[name] for name in r.digit_sets},
             **(r.ood.metrics("test/") if r.ood is not None else {})}
 
 

@@ -11,11 +11,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from vit_mnist.data.corruptions import corrupt
 from vit_mnist.data.digit_sets import DIGIT_SETS, load_digit_set
 from vit_mnist.models.outputs import has_features, run_network
 from vit_mnist.ood.detector import OODDetector
+from vit_mnist.reports.samples import CALIBRATION_BINS
 from vit_mnist.robustness_suite.ood_benchmark import OODMeter
 from vit_mnist.robustness_suite.suite import CorruptionSpec
 
@@ -38,12 +40,20 @@ class ModelResult:
     # each digit set's accuracy per class (NaN for a class the set lacks): where a model's misses sit
     digit_sets_per_class: dict[str, list[float]] = field(default_factory=dict)
     predictions: dict[str, list[int]] = field(default_factory=dict)  # the example digits' predicted classes
+    # expected calibration error of the calibrated probabilities on each set: clean, each corruption, each digit set
+    ece: dict[str, float] = field(default_factory=dict)
     ood: Any = None  # vit_mnist.robustness_suite.ood_benchmark.OODResult when the model had a detector
 
     @property
     def other_writers(self) -> float | None:
         """Accuracy on digits by writers outside MNIST (None: not measured)."""
         return self.digit_sets.get("other_writers")
+
+    @property
+    def corrupted_ece(self) -> float:
+        """The mean over the corruptions of the ECE (NaN when not measured)."""
+        values = [v for k, v in self.ece.items() if k in self.accuracy]
+        return sum(values) / len(values) if values else math.nan
 
     @property
     def mca(self) -> float:
@@ -67,6 +77,7 @@ class ModelResult:
             "acc": self.accuracy,
             "per_class": {f"{name}_acc": values for name, values in self.digit_sets_per_class.items()},
             "ood": self.ood.summary() if self.ood is not None else None,
+            "ece": {"corrupted_mean": self.corrupted_ece, **self.ece},
         }
 
 
@@ -104,6 +115,12 @@ class Scorer:
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         acc, preds, _, _ = self.scored(images, labels)
         return acc, preds
+
+    def calibration_error(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """ECE of softmax(logits / the module's temperature) on `labels`: the test metrics' measure, under shift."""
+        probs = (logits.double() / float(getattr(self.module, "temperature", 1.0))).softmax(dim=-1)
+        return float(multiclass_calibration_error(probs, labels.to(probs.device), self.num_classes,
+                                                  n_bins=CALIBRATION_BINS, norm="l1"))
 
     def scored(self, images: torch.Tensor, labels: torch.Tensor
                ) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -153,15 +170,17 @@ def run_suite(entries: Sequence[ModelEntry], images: torch.Tensor, labels: torch
         clean, preds, logits, feats = entry.scorer.scored(images, labels)
         if meter is not None:
             meter.add_digits("clean", logits, feats)
+        ece = {"clean": entry.scorer.calibration_error(logits, labels)}
         predictions = {"_targets": labels[:examples].tolist(), "clean": preds[:examples].tolist()}
         results.append(ModelResult(entry.name, entry.source, clean, {}, entry.seen, entry.num_parameters, entry.arch,
-                                   predictions=predictions))
+                                   predictions=predictions, ece=ece))
     for set_name in digit_sets:
         set_images, set_labels = load_digit_set(set_name, images, labels, seed, digit_set_limit)
         for result, scorer, meter in zip(results, scorers, meters):
             acc, preds, logits, feats = scorer.scored(set_images, set_labels)
             result.digit_sets[set_name] = acc
             result.digit_sets_per_class[set_name] = per_class_accuracy(preds, set_labels, scorer.num_classes)
+            result.ece[set_name] = scorer.calibration_error(logits, set_labels)
             if meter is not None:
                 meter.add_digits(set_name, logits, feats)
         log.info("%-14s %s", set_name, "  ".join(f"{r.digit_sets[set_name]:.4f}" for r in results))
@@ -173,6 +192,7 @@ def run_suite(entries: Sequence[ModelEntry], images: torch.Tensor, labels: torch
             acc, preds, logits, feats = scorer.scored(corrupted, labels)
             result.accuracy[spec.name] = acc
             result.predictions[spec.name] = preds[:examples].tolist()
+            result.ece[spec.name] = scorer.calibration_error(logits, labels)
             if meter is not None:
                 meter.add_digits(f"corrupt/{spec.name}", logits, feats)
         log.info("%-14s %s  (%.1f s)", spec.name, "  ".join(f"{r.accuracy[spec.name]:.4f}" for r in results),

@@ -24,7 +24,12 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import OmegaConf, open_dict
 
 from vit_mnist.errors import UserError, report
-from vit_mnist.runtime.cluster import REQUEUED_ENV, check_launcher_shape, clear_hand_launch_env, local_task_env
+from vit_mnist.runtime.cluster import (
+    REQUEUED_ENV,
+    check_launcher_shape,
+    clear_hand_launch_env,
+    local_task_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +152,9 @@ class SurvivingLauncher(submitit_launcher.BaseSubmititLauncher):
         envs = [{LOCAL_PORT_ENV: str(free_port())} if self._EXECUTOR == "local" else {} for _ in nums]
         jobs = executor.map_array(self, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(nums), nums,
                                   [f"job_id_for_{n}" for n in nums], [Singleton.get_state()] * len(nums), envs)
-        from vit_mnist.runtime.sweep_callback import summarise  # imported here: Hydra imports this module at start
+        from vit_mnist.runtime.sweep_callback import (
+            summarise,  # imported here: Hydra imports this module at start
+        )
 
         returns = []
         try:

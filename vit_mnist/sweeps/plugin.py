@@ -9,6 +9,7 @@ def register_sweeper() -> None:
     A wheel puts it under site-packages/hydra_plugins, where the scan looks; an editable install (`make install`)
     reaches it through an import hook that the scan cannot list, so Hydra would not know the class."""
     from hydra.core.plugins import Plugins
+
     from hydra_plugins.vit_mnist_sweeper.optuna_sweeper import OptunaSweeper
 
     plugins = Plugins.instance()

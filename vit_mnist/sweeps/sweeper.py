@@ -24,9 +24,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError, report
 from vit_mnist.sweeps.outcome import PrunedTrial
-from vit_mnist.sweeps.space import SearchSpace, grid_values, override_value, parse_search_space
-from vit_mnist.sweeps.study import (LIVE_TRIALS, build_pruner, build_sampler, create_study, is_grid,
-                                    resolve_storage, trial_reference)
+from vit_mnist.sweeps.space import (
+    SearchSpace,
+    grid_values,
+    override_value,
+    parse_search_space,
+)
+from vit_mnist.sweeps.study import (
+    LIVE_TRIALS,
+    build_pruner,
+    build_sampler,
+    create_study,
+    is_grid,
+    resolve_storage,
+    trial_reference,
+)
 
 log = logging.getLogger(__name__)
 

@@ -98,7 +98,10 @@ def started_externally() -> bool:
     """Whether this process is one of a job's processes that a launcher started and ranked: Lightning's own
     relaunch, torchrun, submitit's local tasks (all set LOCAL_RANK) or SLURM (SLURM_LOCALID, which Lightning
     reads when it detects a SLURM job), so Lightning starts no processes and there is nothing to relaunch."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    from lightning.fabric.plugins.environments import (
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
 
     return "LOCAL_RANK" in os.environ or SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
 

@@ -23,6 +23,8 @@ from vit_mnist.ood.scores import (
     Energy,
     Mahalanobis,
     MaxSoftmax,
+    NearestNeighbours,
+    RelativeMahalanobis,
     fit_class_gaussians,
     mahalanobis_score,
 )
@@ -44,6 +46,46 @@ def test_msp_and_energy_score_a_flat_answer_above_a_sure_one() -> None:
     assert energy[1] == pytest.approx(-(1 + math.log(3)))
     # a temperature flattens the softmax: the sure answer's msp score rises
     assert MaxSoftmax()(logits[:1], temperature=4.0)[0] > msp[0]
+
+
+def test_relative_mahalanobis_is_the_class_distance_less_the_distance_to_all_digits() -> None:
+    g = torch.Generator().manual_seed(1)
+    means = torch.tensor([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    labels = torch.arange(3).repeat(1000)
+    features = means[labels] + torch.randn(len(labels), 3, generator=g) * torch.tensor([0.5, 0.5, 2.0])
+    relative = RelativeMahalanobis()
+    relative.fit(features, labels, 3)
+    probes = torch.tensor([[0.5, 0.0, 1.0], [2.0, 2.0, -6.0], [9.0, 9.0, 0.0]])
+    class_means, precision = fit_class_gaussians(features, labels, 3)
+    background_mean, background_precision = fit_class_gaussians(features, torch.zeros_like(labels), 1)
+    by_hand = (mahalanobis_score(probes, class_means, precision)
+               - mahalanobis_score(probes, background_mean, background_precision))
+    assert torch.allclose(relative(None, probes), by_hand)
+    assert relative(None, probes[:1])[0] < 0 < relative(None, probes[2:])[0]  # a digit-like point: below zero
+    outliers = torch.randn(300, 3, generator=g) * 3 + torch.tensor([8.0, 8.0, 0.0])
+    assert auroc(relative(None, features[:300]), relative(None, outliers)) > 0.99
+    back = RelativeMahalanobis.from_state(relative.state_dict())
+    assert torch.allclose(back(None, probes), relative(None, probes), rtol=1e-4)
+    with pytest.raises(ValueError, match="background"):
+        RelativeMahalanobis.from_state({**relative.state_dict(), "background_mean": torch.zeros(1, 2)})
+
+
+def test_knn_is_the_distance_to_the_k_th_nearest_normalised_training_feature() -> None:
+    g = torch.Generator().manual_seed(3)
+    bank = torch.randn(200, 4, generator=g)
+    knn = NearestNeighbours()
+    knn.fit(bank * 7.0, torch.zeros(200, dtype=torch.long), 1)  # normalised: the scale of features does not matter
+    probes = torch.randn(6, 4, generator=g)
+    unit = lambda x: x / x.norm(dim=1, keepdim=True)  # noqa: E731
+    by_hand = torch.cdist(unit(probes), unit(bank)).sort(dim=1).values[:, NearestNeighbours.K - 1]
+    assert torch.allclose(knn(None, probes).float(), by_hand, atol=1e-5)
+    digits = torch.tensor([1.0, 0.0, 0.0, 0.0]) * 4 + torch.randn(300, 4, generator=g)  # features around one way
+    knn.fit(digits, torch.zeros(300, dtype=torch.long), 1)
+    inside = torch.tensor([1.0, 0.0, 0.0, 0.0]) * 4 + torch.randn(50, 4, generator=g)
+    assert auroc(knn(None, inside), knn(None, -inside)) > 0.99  # the opposite way: far from every training image
+    assert torch.equal(NearestNeighbours.from_state(knn.state_dict()).bank, knn.bank)
+    with pytest.raises(ValueError, match="bank"):
+        NearestNeighbours.from_state({"bank": torch.zeros(3)})
 
 
 def test_mahalanobis_weighs_each_direction_by_the_data_spread() -> None:
@@ -239,7 +281,7 @@ def test_the_robustness_report_has_an_out_of_domain_section(data_dir: Path, tmp_
     assert set(ood["auroc"]) == {"letters", "scribbles", "shapes", "noise", "fashion"}
     assert all(0.0 <= v <= 1.0 for v in [*ood["auroc"].values(), *ood["accepted_at_99"].values()])
     assert set(ood["out_of_domain"]) == {"clean", "other_writers", "corrupt/stripe"}
-    assert set(ood["other_scores"]) == {"msp", "mahalanobis"}
+    assert set(ood["other_scores"]) == set(SCORES) - {"energy"}  # every other registered score, on the same images
     assert ood["sizes"]["letters"] == 20 and ood["sizes"]["clean"] == 20
     for name in OOD_FILES:
         assert (out / name).is_file(), name

@@ -1,1 +1,1 @@
-"""Out-of-domain detection: the scores (a registry), the thresholds and the detector that gives every answer a verdict."""
+"""Out-of-domain detection: the scores (a registry), the thresholds, the detector that gives answers their verdicts."""

@@ -117,7 +117,8 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
         _, features = outputs(stats.images)
         if features is None and len(needing) == len(chosen):
             raise UserError(f"This network gives no features, so the {' and '.join(needing)} score cannot be fitted: "
-                            f"choose ood_score={' or ood_score='.join(n for n in SCORES if not SCORES[n].needs_features)}.")
+                            "choose ood_score="
+                            + " or ood_score=".join(n for n in SCORES if not SCORES[n].needs_features) + ".")
         for name in needing:
             if features is None:
                 del chosen[name]

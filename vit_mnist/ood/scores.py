@@ -127,6 +127,97 @@ class Mahalanobis(Score):
         return cls(means, precision)
 
 
+@register
+class RelativeMahalanobis(Mahalanobis):
+    """The Mahalanobis distance to the nearest class minus the distance to one Gaussian of all training features
+    (Ren et al., 2021): a shift that moves an image away from every class alike, as another writer's style does,
+    cancels; what is far from the classes but not from digits in general scores low."""
+
+    name = "relative_mahalanobis"
+    description = "relative Mahalanobis distance on the features"
+
+    def __init__(self, class_means: torch.Tensor | None = None, precision: torch.Tensor | None = None,
+                 background_mean: torch.Tensor | None = None, background_precision: torch.Tensor | None = None):
+        super().__init__(class_means, precision)
+        self.background_mean, self.background_precision = background_mean, background_precision
+
+    @property
+    def fitted(self) -> bool:
+        return super().fitted and self.background_mean is not None and self.background_precision is not None
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        super().fit(features, labels, num_classes)
+        mean, precision = fit_class_gaussians(features, torch.zeros_like(labels), 1)  # one class: all of them
+        self.background_mean, self.background_precision = mean, precision
+
+    def __call__(self, logits: torch.Tensor, features: torch.Tensor | None = None,
+                 temperature: float = 1.0) -> torch.Tensor:
+        if features is None or not self.fitted:
+            raise ValueError("the relative Mahalanobis score needs the features and its fitted statistics")
+        # no clamp here: the difference is negative for images closer to a class than to digits in general
+        f, mu, p = features.double(), self.class_means.double(), self.precision.double()
+        fp = f @ p
+        to_classes = ((fp * f).sum(dim=1, keepdim=True) - 2 * fp @ mu.T + ((mu @ p) * mu).sum(dim=1)[None]).min(dim=1)
+        return to_classes.values - mahalanobis_score(features, self.background_mean, self.background_precision)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if not self.fitted:
+            return {}
+        return {**super().state_dict(), "background_mean": self.background_mean.detach().float().cpu(),
+                "background_precision": self.background_precision.detach().float().cpu()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Score:
+        classes = Mahalanobis.from_state(state)
+        mean, precision = state.get("background_mean"), state.get("background_precision")
+        width = classes.precision.shape[0]
+        if not (isinstance(mean, torch.Tensor) and isinstance(precision, torch.Tensor) and mean.shape == (1, width)
+                and precision.shape == classes.precision.shape):
+            raise ValueError("the background statistics are missing or their shapes do not match")
+        return cls(classes.class_means, classes.precision, mean, precision)
+
+
+@register
+class NearestNeighbours(Score):
+    """The distance of the L2-normalised features to their k-th nearest training image's (Sun et al., ICML 2022):
+    no Gaussian assumed; the training images' normalised features are the statistics."""
+
+    name = "knn"
+    description = "distance to the k-th nearest training image on the normalised features"
+    needs_features = True
+    K = 10  # of the 5,000 training images the statistics keep (Sun et al. use k = 50 of 50,000 for CIFAR-10)
+
+    def __init__(self, bank: torch.Tensor | None = None):
+        self.bank = bank
+
+    @property
+    def fitted(self) -> bool:
+        return self.bank is not None
+
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
+        self.bank = torch.nn.functional.normalize(features.float(), dim=1)
+
+    def __call__(self, logits: torch.Tensor, features: torch.Tensor | None = None,
+                 temperature: float = 1.0) -> torch.Tensor:
+        if features is None or not self.fitted:
+            raise ValueError("the k-nearest-neighbour score needs the features and the training images' features")
+        z = torch.nn.functional.normalize(features.float(), dim=1)
+        bank = self.bank.to(z.device, z.dtype)
+        # |a - b|^2 = 2 - 2 a.b for unit vectors: the k-th largest similarity is the k-th smallest distance
+        similarity = (z @ bank.T).topk(min(self.K, len(bank)), dim=1).values[:, -1]
+        return (2.0 - 2.0 * similarity.double()).clamp_min(0.0).sqrt()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"bank": self.bank.detach().float().cpu()} if self.fitted else {}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Score:
+        bank = state.get("bank")
+        if not (isinstance(bank, torch.Tensor) and bank.ndim == 2 and len(bank) > 0):
+            raise ValueError("the k-nearest-neighbour bank is missing or not a (N, D) tensor")
+        return cls(bank)
+
+
 def fit_class_gaussians(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                         shrinkage: float = SHRINKAGE) -> tuple[torch.Tensor, torch.Tensor]:
     """Class means (K, D) and the precision (D, D) of the covariance they share (Lee et al., 2018), a ridge of
@@ -137,7 +228,8 @@ def fit_class_gaussians(features: torch.Tensor, labels: torch.Tensor, num_classe
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise UserError(f"The images for the Mahalanobis statistics have no example of class(es) {missing}: fit them "
                         "on more training images (every class needs some).")
-    means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64, device=f.device).index_add_(0, y, f) / counts[:, None]
+    sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64, device=f.device).index_add_(0, y, f)
+    means = sums / counts[:, None]
     centred = f - means[y]
     covariance = centred.T @ centred / len(f)
     ridge = shrinkage * float(covariance.diagonal().mean()) + 1e-12

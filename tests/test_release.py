@@ -132,11 +132,12 @@ def test_help_lists_every_command_with_one_line() -> None:
                             timeout=120, env=subprocess_env())
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    for command in ("train", "evaluate", "robustness", "predict", "export", "serve", "bench", "sweep-report"):
+    for command in ("train", "evaluate", "calibrate", "robustness", "predict", "export", "serve", "bench",
+                    "sweep-report"):
         (line,) = [x for x in lines if x.split()[:1] == [command]]
         assert len(line.split()) > 3  # a description follows the name
-    assert set(cli.COMMANDS) == {"train", "evaluate", "robustness", "predict", "export", "serve", "bench",
-                                 "sweep-report"}
+    assert set(cli.COMMANDS) == {"train", "evaluate", "calibrate", "robustness", "predict", "export", "serve",
+                                 "bench", "sweep-report"}
 
 
 def test_no_command_and_a_misspelt_one_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,11 +1,10 @@
-"""A network's outputs exactly as the test computes them: normalisation, test-time shifts, logits and features.
+"""A network's outputs exactly as the test computes them: normalisation, test-time shifts, logits and features."""
 
-From uint8 images: the normalisation, the test-time shifts (a distilled student's two heads averaged inside its
-forward), the logits and, when asked, the pre-logit features. The test step, the calibration, the detector, the
-robustness benchmark and the predictor all go through `logits_and_features`, so their numbers agree to the last
-digit; `run_network` adds the uint8-to-input transform of the data module (pixels / 255, then (x - mean) / std)
-and the batching.
-"""
+# From uint8 images: the normalisation, the test-time shifts (a distilled student's two heads averaged inside its
+# forward), the logits and, when asked, the pre-logit features. The test step, the calibration, the detector, the
+# robustness benchmark and the predictor all go through `logits_and_features`, so their numbers agree to the last
+# digit; `run_network` adds the uint8-to-input transform of the data module (pixels / 255, then (x - mean) / std)
+# and the batching.
 
 from __future__ import annotations
 

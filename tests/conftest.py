@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -74,6 +75,35 @@ def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, **env: 
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
                           env=subprocess_env(**{"PYTHONWARNINGS": "ignore", **env}), capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture
+def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+                   ) -> Callable[..., subprocess.CompletedProcess]:
+    """`run_in_process(module, *args, cwd=..., **env)`: the command line `python -m <module> <args>` run by the entry's
+    own Hydra main in this process, as a CompletedProcess (exit code, stdout, stderr). For the paths that end early
+    (a user's mistake, refused settings), without the seconds a new interpreter takes to import torch and Lightning;
+    `run_module` runs the command in a real subprocess."""
+
+    def run(module: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+        main = importlib.import_module(module).main
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [f"{module.replace('.', '/')}.py", *args])
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        GlobalHydra.instance().clear()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([module, *args], code, out, err)
+
+    return run
 
 
 def run_train_cli(args: Sequence[str], data_dir: Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -82,21 +82,22 @@ def test_trains_far_above_chance_and_the_checkpoint_says_cnn(trained: tuple[Path
         assert (out / name).is_file(), name
 
 
-def test_cli_fast_dev_run(data_dir: Path, tmp_path: Path) -> None:
+def test_cli_fast_dev_run(data_dir: Path, tmp_path: Path, run_in_process) -> None:
     run_dir = tmp_path / "fdr"
-    result = cli("vit_mnist.train", "model=cnn", "debug=fdr", "data.val_size=100", "trainer.accelerator=cpu",
-                 f"hydra.run.dir={run_dir}", data_dir=data_dir)
+    result = run_in_process("vit_mnist.train", "model=cnn", "debug=fdr", "data.val_size=100", "trainer.accelerator=cpu",
+                            f"hydra.run.dir={run_dir}", cwd=tmp_path, VIT_MNIST_DATA_DIR=str(data_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 1 and metrics["num_parameters"] == 288_170
 
 
-def test_cli_evaluate_reproduces_the_run(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
+def test_cli_evaluate_reproduces_the_run(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path,
+                                         run_in_process) -> None:
     _, train_metrics = trained
     run_dir = tmp_path / "eval"
-    result = cli("vit_mnist.evaluate", f"ckpt_path={train_metrics['best_checkpoint']}", f"paths.data_dir={data_dir}",
-                 "data.eval_batch_size=100", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-                 f"hydra.run.dir={run_dir}")
+    result = run_in_process("vit_mnist.evaluate", f"ckpt_path={train_metrics['best_checkpoint']}",
+                            f"paths.data_dir={data_dir}", "data.eval_batch_size=100", "trainer.accelerator=cpu",
+                            "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] == train_metrics["test/acc"] and metrics["num_samples"] == 200
@@ -228,8 +229,9 @@ def test_vit_keys_set_on_a_cnn_name_the_fix(tmp_path: Path) -> None:
         validate(compose_config(["model.arch=cnn"], tmp_path))
 
 
-def test_cli_bad_cnn_value_is_one_paragraph(tmp_path: Path) -> None:
+def test_cli_bad_cnn_value_is_one_paragraph(tmp_path: Path, run_in_process) -> None:
     run_dir = tmp_path / "run"
-    result = cli("vit_mnist.train", "model=cnn", "model.widths=[8,8,8,8,8,8]", f"hydra.run.dir={run_dir}")
+    result = run_in_process("vit_mnist.train", "model=cnn", "model.widths=[8,8,8,8,8,8]", f"hydra.run.dir={run_dir}",
+                            cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: model.widths=[8, 8, 8, 8, 8, 8]")
     assert "Traceback" not in result.stderr and not run_dir.exists()

@@ -156,10 +156,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_mismatched_dataset_stops_before_making_a_folder(trained: tuple[Path, dict], data_dir: Path,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, run_in_process) -> None:
     run_dir = tmp_path / "eval"
-    result = run_cli(f"ckpt_path={trained[1]['best_checkpoint']}", "data=fashion_mnist",
-                     f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    result = run_in_process("vit_mnist.evaluate", f"ckpt_path={trained[1]['best_checkpoint']}", "data=fashion_mnist",
+                            f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", *EVAL, cwd=tmp_path)
     assert result.returncode == 2
     said = " ".join(result.stderr.split())  # the paragraph is wrapped to the terminal's width
     assert said.startswith("error: ckpt_path=") and "was trained on mnist" in said
@@ -167,10 +167,11 @@ def test_cli_mismatched_dataset_stops_before_making_a_folder(trained: tuple[Path
     assert not run_dir.exists()
 
 
-def test_cli_failure_inside_the_run_removes_its_folder(trained: tuple[Path, dict], tmp_path: Path) -> None:
+def test_cli_failure_inside_the_run_removes_its_folder(trained: tuple[Path, dict], tmp_path: Path,
+                                                       run_in_process) -> None:
     run_dir = tmp_path / "eval"
-    result = run_cli(f"ckpt_path={trained[1]['best_checkpoint']}", f"paths.data_dir={tmp_path / 'empty'}",
-                     f"hydra.run.dir={run_dir}")
+    result = run_in_process("vit_mnist.evaluate", f"ckpt_path={trained[1]['best_checkpoint']}",
+                            f"paths.data_dir={tmp_path / 'empty'}", f"hydra.run.dir={run_dir}", *EVAL, cwd=tmp_path)
     assert result.returncode == 2
     assert "The mnist dataset is missing" in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert not run_dir.exists()

@@ -301,23 +301,24 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["names=[a,b]"], "has 2 names for 1 checkpoints"),
 ])
 def test_cli_bad_input_gives_one_paragraph_and_no_folder(args: list[str], message: str, trained: dict,
-                                                         data_dir: Path, tmp_path: Path) -> None:
+                                                         data_dir: Path, tmp_path: Path, run_in_process) -> None:
     run_dir = tmp_path / "rob"
-    result = run_cli(f"ckpt_path={trained['best_checkpoint']}", f"paths.data_dir={data_dir}",
-                     f"hydra.run.dir={run_dir}", *args)
+    result = run_in_process("vit_mnist.robustness", f"ckpt_path={trained['best_checkpoint']}",
+                            f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", *args, *EVAL, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr + result.stdout
     assert not run_dir.exists()
 
 
-def test_cli_bad_checkpoint(data_dir: Path, tmp_path: Path) -> None:
+def test_cli_bad_checkpoint(data_dir: Path, tmp_path: Path, run_in_process) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     for args, message in (([f"ckpt_path={bad}"], "is not a readable vit-mnist checkpoint"),
                           ([f"ckpt_path={tmp_path}/missing.ckpt"], "does not exist"),
                           ([], "No checkpoint to test")):
         run_dir = tmp_path / "rob"
-        result = run_cli(*args, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+        result = run_in_process("vit_mnist.robustness", *args, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
+                                *EVAL, cwd=tmp_path)
         assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr
         assert not run_dir.exists()
 

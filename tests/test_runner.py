@@ -4,8 +4,6 @@ on which entry it came from (vit_mnist.runtime.runner)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, read_write
 
-from tests.conftest import subprocess_env
 from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.evaluation.robustness import robustness
 from vit_mnist.runtime.runner import FAILED_OBJECTIVE, objective_value, run_job
@@ -56,12 +53,12 @@ def test_a_failed_sweep_job_records_why_and_gives_the_same_value(entry: str, mak
 
 
 @pytest.mark.parametrize("entry", MISTAKES)
-def test_a_users_mistake_in_a_single_run_leaves_no_folder(entry: str, data_dir: Path, tmp_path: Path) -> None:
+def test_a_users_mistake_in_a_single_run_leaves_no_folder(entry: str, data_dir: Path, tmp_path: Path,
+                                                          run_in_process) -> None:
     _, overrides, message = MISTAKES[entry]
     log_dir = tmp_path / "outputs"
-    env = subprocess_env(VIT_MNIST_DATA_DIR=str(data_dir))
-    result = subprocess.run([sys.executable, "-m", f"vit_mnist.{entry}", *overrides, f"paths.log_dir={log_dir}"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = run_in_process(f"vit_mnist.{entry}", *overrides, f"paths.log_dir={log_dir}", cwd=tmp_path,
+                            VIT_MNIST_DATA_DIR=str(data_dir))
     said = result.stderr.replace("\n", " ")
     assert result.returncode == 2 and said.startswith("error: ") and "Traceback" not in said, said[-2000:]
     assert message in said

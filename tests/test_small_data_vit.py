@@ -4,14 +4,12 @@ distillation through attention, each one override, through training, checkpoints
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_config, subprocess_env
+from tests.conftest import TINY, compose_config
 from vit_mnist import load_model
 from vit_mnist.errors import UserError
 from vit_mnist.inference.export import export
@@ -188,7 +186,8 @@ def test_each_option_trains_and_exports_with_onnx_parity(option: str, data_dir: 
     assert export(path, "onnx", tmp_path / "model.onnx")["max_abs_diff"] <= 1e-4
 
 
-def test_bad_teachers_are_refused_before_any_work(teacher: Path, tmp_path: Path, data_dir: Path) -> None:
+def test_bad_teachers_are_refused_before_any_work(teacher: Path, tmp_path: Path, data_dir: Path,
+                                                  run_in_process) -> None:
     model = {"arch": "vit", "distill_token": True}
     with pytest.raises(UserError, match="distill.teacher=.*missing.ckpt does not exist"):
         check_distill({"teacher": str(tmp_path / "missing.ckpt")}, model, "mnist")
@@ -207,10 +206,8 @@ def test_bad_teachers_are_refused_before_any_work(teacher: Path, tmp_path: Path,
 
     # from the command line: one paragraph, and no run folder left behind
     log_dir = tmp_path / "outputs"
-    env = subprocess_env(VIT_MNIST_DATA_DIR=str(data_dir))
-    result = subprocess.run([sys.executable, "-m", "vit_mnist.train", f"distill.teacher={tmp_path / 'nope.ckpt'}",
-                             f"paths.log_dir={log_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = run_in_process("vit_mnist.train", f"distill.teacher={tmp_path / 'nope.ckpt'}", f"paths.log_dir={log_dir}",
+                            cwd=tmp_path, VIT_MNIST_DATA_DIR=str(data_dir))
     said = result.stderr.replace("\n", " ")
     assert result.returncode == 2 and said.startswith("error: distill.teacher=") and "Traceback" not in said
     assert not log_dir.exists()
@@ -234,11 +231,9 @@ def test_old_checkpoints_keep_their_layout() -> None:
 
 @pytest.mark.parametrize("args", [[*OPTIONS["spt"], *OPTIONS["lsa"]], [*OPTIONS["seq"], "experiment=robust_vit"]],
                          ids=["spt+lsa", "robust_vit+seq"])
-def test_cli_debug_runs(args: list[str], data_dir: Path, tmp_path: Path) -> None:
-    env = subprocess_env(VIT_MNIST_DATA_DIR=str(data_dir))
-    result = subprocess.run([sys.executable, "-m", "vit_mnist.train", *args, "debug=fdr", "data.val_size=100",
-                             "data.download=false", "model.hidden_dim=32", "model.depth=1", "model.heads=2",
-                             f"paths.log_dir={tmp_path / 'outputs'}"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300)
+def test_cli_debug_runs(args: list[str], data_dir: Path, tmp_path: Path, run_in_process) -> None:
+    result = run_in_process("vit_mnist.train", *args, "debug=fdr", "data.val_size=100", "data.download=false",
+                            "model.hidden_dim=32", "model.depth=1", "model.heads=2",
+                            f"paths.log_dir={tmp_path / 'outputs'}", cwd=tmp_path, VIT_MNIST_DATA_DIR=str(data_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Run finished" in result.stdout

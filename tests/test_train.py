@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -123,11 +121,12 @@ def _cli(args: list[str], cwd: Path, env_extra: dict | None = None) -> subproces
     return run_module("vit_mnist.train", *args, cwd=cwd, **(env_extra or {}))
 
 
-def test_cli_trainer_options_lightning_rejects_are_one_paragraph(data_dir: Path, tmp_path: Path) -> None:
+def test_cli_trainer_options_lightning_rejects_are_one_paragraph(data_dir: Path, tmp_path: Path,
+                                                                 run_in_process) -> None:
     # found only once Lightning builds the Trainer, after Hydra made the run folder: the folder goes again
     run_dir = tmp_path / "run"
-    result = _cli(["trainer.precision=fp8", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                  env_extra={"VIT_MNIST_DATA_DIR": str(data_dir)})
+    result = run_in_process("vit_mnist.train", "trainer.precision=fp8", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                            VIT_MNIST_DATA_DIR=str(data_dir))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "error: Lightning rejected the trainer config" in result.stderr
     assert "'fp8' is invalid" in result.stderr.replace("\n", " ") and not run_dir.exists()
@@ -151,11 +150,12 @@ def test_cli_fast_dev_run_on_fashion(data_dir: Path, tmp_path: Path) -> None:
         (["data.download=false"], ["MNIST/raw", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "VIT_MNIST_DATA_DIR"]),
     ],
 )
-def test_cli_user_errors_are_one_paragraph(args: list[str], words: list[str], tmp_path: Path) -> None:
+def test_cli_user_errors_are_one_paragraph(args: list[str], words: list[str], tmp_path: Path, run_in_process) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     run_dir = tmp_path / "run"
-    result = _cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env_extra={"VIT_MNIST_DATA_DIR": str(empty)})
+    result = run_in_process("vit_mnist.train", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                            VIT_MNIST_DATA_DIR=str(empty))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
     for word in words:
@@ -173,12 +173,11 @@ def test_cli_user_errors_are_one_paragraph(args: list[str], words: list[str], tm
     ],
 )
 def test_cli_gpu_without_a_usable_gpu_says_why_and_leaves_nothing(module: str, args: list[str], data_dir: Path,
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, run_in_process) -> None:
     log_dir = tmp_path / "outputs"
     args = [a.replace("CWD", str(tmp_path)) for a in args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "VIT_MNIST_DATA_DIR": str(data_dir)}
-    command = [sys.executable, "-m", module, *args, "trainer.accelerator=gpu", f"paths.log_dir={log_dir}"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = run_in_process(module, *args, "trainer.accelerator=gpu", f"paths.log_dir={log_dir}", cwd=tmp_path,
+                            VIT_MNIST_DATA_DIR=str(data_dir))
     said = result.stderr.replace("\n", " ")
     assert result.returncode == 2 and said.startswith("error: trainer.accelerator=gpu"), said[-2000:]
     assert "Traceback" not in said and "No supported gpu backend" not in said  # Lightning's words, before

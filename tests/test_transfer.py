@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import TINY, subprocess_env
+from tests.conftest import TINY
 from vit_mnist.errors import UserError
 from vit_mnist.training.fit import build, train
 from vit_mnist.training.module import ViTClassifier
@@ -120,15 +118,13 @@ def test_incompatible_checkpoint_is_a_clear_error(make_cfg, tmp_path: Path, chan
     assert named in str(info.value) and "model.init_from=null" in str(info.value)
 
 
-def test_bad_init_from_path_stops_the_cli_before_any_run_folder(data_dir: Path, tmp_path: Path) -> None:
+def test_bad_init_from_path_stops_the_cli_before_any_run_folder(data_dir: Path, tmp_path: Path,
+                                                                run_in_process) -> None:
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "vit_mnist.train", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
-         f"model.init_from={junk}"],
-        capture_output=True, text=True, cwd=ROOT, env=subprocess_env(), timeout=120,
-    )
+    result = run_in_process("vit_mnist.train", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
+                            f"model.init_from={junk}", cwd=tmp_path)
     assert result.returncode == 2
     assert "is not a readable vit-mnist checkpoint" in result.stderr.replace("\n", " ") and "Traceback" not in result.stderr
     assert not run_dir.exists()

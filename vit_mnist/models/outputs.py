@@ -31,7 +31,8 @@ def logits_and_features(net: torch.nn.Module, x: torch.Tensor, tta: bool = False
         return net.logits_and_features(x)
     views = torch.cat([shift(x, dy, dx) for dy, dx in SHIFTS])  # one batch, as tta_logits runs them
     logits, feats = net.logits_and_features(views)
-    return (logits.view(len(SHIFTS), len(x), -1).mean(dim=0), feats.view(len(SHIFTS), len(x), -1).mean(dim=0))
+    batch = x.shape[0]  # not len(x): a traced or exported graph keeps the batch axis symbolic
+    return (logits.view(len(SHIFTS), batch, -1).mean(dim=0), feats.view(len(SHIFTS), batch, -1).mean(dim=0))
 
 
 @torch.inference_mode()

@@ -2,7 +2,7 @@
 FAIL with its reason.
 
 Against sqlite always; against a PostgreSQL server too when VIT_MNIST_POSTGRES_URL names a database the test may
-write to (e.g. postgresql://postgres@127.0.0.1:5432/postgres, with psycopg2-binary installed); its study is deleted
+write to (e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/postgres, with psycopg2-binary installed); its study is deleted
 afterwards."""
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def study(request: pytest.FixtureRequest, data_dir: Path, tmp_path_factory: pyte
         storage, name = f"sqlite:///{cwd / 'optuna.db'}", "shared"
     else:
         if not POSTGRES_URL:
-            pytest.skip("no PostgreSQL server given: set VIT_MNIST_POSTGRES_URL=postgresql://user@host:port/database "
-                        "(and pip install psycopg2-binary) to run the shared study against one")
+            pytest.skip("no PostgreSQL server given: set VIT_MNIST_POSTGRES_URL=postgresql+psycopg2://user@host:port/"
+                        "database (and pip install psycopg2-binary) to run the shared study against one")
         storage, name = POSTGRES_URL, f"vit-mnist-test-{uuid.uuid4().hex[:8]}"  # beside whatever the server holds
     # created once before the workers start, as docs/scaling.md says: two processes that both find an empty database
     # race to create Optuna's tables (PostgreSQL: UniqueViolation on "studydirection")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -93,6 +94,8 @@ def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monke
             monkeypatch.setenv(key, value)
         capsys.readouterr()
         GlobalHydra.instance().clear()
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level  # Hydra configures logging for its run: undone after it
         try:
             main()
             code = 0
@@ -100,6 +103,11 @@ def run_in_process(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monke
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         finally:
             GlobalHydra.instance().clear()
+            for handler in root.handlers:
+                if handler not in handlers:  # e.g. the run's log file, whose folder a refused run removed
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess([module, *args], code, out, err)
 

@@ -44,9 +44,12 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                                       verdicts=bool(cfg.get("verdicts", True)), score=cfg.get("ood_score")))
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-    said = [f"temperature {metrics['calibration/temperature']:.4f}" if "calibration/temperature" in metrics else
-            "no temperature (no validation images)" if cfg.get("calibrate", True) else "",
-            f"out-of-domain detector ({metrics['verdict/score']})" if "verdict/score" in metrics else
-            "no out-of-domain detector" if cfg.get("verdicts", True) else ""]
-    print(f"{path}: {', '.join(s for s in said if s)}")
+    said = []
+    if cfg.get("calibrate", True):
+        temperature = metrics.get("calibration/temperature")
+        said.append(f"temperature {temperature:.4f}" if temperature else "no temperature (no validation images)")
+    if cfg.get("verdicts", True):
+        said.append(f"out-of-domain detector ({metrics['verdict/score']})" if "verdict/score" in metrics
+                    else "no out-of-domain detector (see the log)")
+    print(f"{path}: {', '.join(said)}")
     return metrics

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vit_mnist.models.cnn import CNNConfig, SmallCNN
 from vit_mnist.models.registry import build_network, check_model_config, network_config
 from vit_mnist.models.vit import (
     CPU_BF16_EXPLICIT_TOKENS,
     Attention,
+    MaxPool2x2,
     VisionTransformer,
     ViTConfig,
     count_parameters,
@@ -78,6 +80,36 @@ def test_drop_path_is_identity_in_eval() -> None:
     torch.testing.assert_close(model(x), model(x))
     model.train()
     assert not torch.allclose(model(x), model(x))
+
+
+def test_cct_tokenizer_pools_to_a_quarter_resolution_grid_of_local_features() -> None:
+    model = VisionTransformer(ViTConfig(hidden_dim=32, depth=1, heads=2, mlp_dim=64, patch_size=4, stem="cct",
+                                        pool="seq"))
+    x = torch.randn(2, 1, 28, 28)
+    assert model(x).shape == (2, 10) and model.patch_embed.num_patches == 49
+    assert model.patch_embed.stem(x).shape == (2, 16, 7, 7)  # two conv stages, each max-pooled: 28 -> 14 -> 7
+    # a token sees a neighbourhood, not its own patch alone: a pixel changed outside token (0, 0)'s 4x4 patch
+    # still moves that token (a plain patch embedding would not)
+    model.eval()
+    moved = x.clone()
+    moved[:, :, 5, 5] += 3.0
+    tokens, changed = model.patch_embed(x), model.patch_embed(moved)
+    assert not torch.allclose(tokens[:, 0], changed[:, 0])
+    with pytest.raises(ValueError) as error:
+        ViTConfig(hidden_dim=32, depth=1, heads=2, mlp_dim=64, patch_size=14, stem="cct")
+    assert "model.stem=cct" in str(error.value) and "multiples of 4" in str(error.value)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (7, 9), (5, 2)])
+def test_reshape_max_pool_gives_torch_s_max_pool_numbers_and_gradients(size: tuple[int, int]) -> None:
+    x = torch.randn(3, 5, *size, requires_grad=True)  # distinct values: no ties to split a gradient over
+    reference = F.max_pool2d(x, 2)
+    pooled = MaxPool2x2()(x)
+    torch.testing.assert_close(pooled, reference, rtol=0, atol=0)
+    weights = torch.randn_like(reference)
+    (grad,) = torch.autograd.grad((pooled * weights).sum(), x)
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(grad, reference_grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 POOLS = ("cls", "mean", "seq")
-STEMS = ("patch", "conv", "conv2")
+STEMS = ("patch", "conv", "conv2", "cct")
 TOKENIZERS = ("patch", "spt")
 ATTENTIONS = ("mhsa", "lsa")
 POS_INITS = ("sincos", "random")
@@ -96,6 +96,13 @@ class ViTConfig:
                 f"(here {patch_size}) and model.image_size (here {image_size}) must both be even: choose an even "
                 "patch size that divides the image (e.g. model.patch_size=4 for 28x28) or model.stem=conv."
             )
+        if self.stem == "cct" and (patch_size % 4 or image_size % 4 or hidden_dim < 4):
+            raise ValueError(
+                f"model.stem=cct max-pools the image twice, to a quarter of its side, before cutting patches of a quarter of "
+                f"the size, so model.patch_size (here {patch_size}) and model.image_size (here {image_size}) must "
+                "both be multiples of 4, and its first convolutions are model.hidden_dim / 4 wide (here "
+                f"{hidden_dim}, at least 4): e.g. model.patch_size=4 for 28x28 (a 7x7 token grid), or model.stem=conv2."
+            )
         for key in ("dropout", "drop_path"):
             if not is_fraction(value := getattr(self, key)):
                 raise ValueError(f"model.{key}={value!r} must be in [0, 1).")
@@ -156,6 +163,26 @@ class BackgroundNorm(nn.Module):
         return F.pad(x, (pad, pad, 0, 0), value=float("-inf")).unfold(-1, w, 1).amax(dim=-1)
 
 
+class MaxPool2x2(nn.Module):
+    """A 2x2 max-pool of stride 2 with nn.MaxPool2d(2)'s numbers (an odd last row or column is dropped), as a
+    reshape and an amax: torch's CPU max_pool2d with indices took 15% of a conv-tokenizer ViT's bf16 train step,
+    this takes a fraction of it. No weights: checkpoints of either are the same."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        x = x[..., : H - H % 2, : W - W % 2]
+        return x.unflatten(-1, (W // 2, 2)).unflatten(-3, (H // 2, 2)).amax(dim=(-3, -1))
+
+
+def conv_stage(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """Two 3x3 conv-BN-ReLU layers and a 2x2 max-pool: one stage of the convolutional tokenizer (stem=cct)."""
+    layers: list[nn.Module] = []
+    for channels in (in_channels, out_channels):
+        layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                   nn.ReLU(inplace=True)]
+    return [*layers, MaxPool2x2()]
+
+
 def conv_bn_gelu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     """A 3x3 convolution, batch norm and GELU: one layer of the conv stems."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
@@ -179,6 +206,13 @@ class PatchEmbed(nn.Module):
             # stem at full resolution, and more accurate per epoch (docs/results.md#fast)
             self.stem = nn.Sequential(conv_bn_gelu(in_channels, width, stride=2), conv_bn_gelu(width, width, stride=1))
             self.proj = nn.Conv2d(width, hidden_dim, kernel_size=patch_size // 2, stride=patch_size // 2)
+        elif stem == "cct":
+            # a convolutional tokenizer with pooling (after CCT, Hassani et al., 2021): two stages of two 3x3
+            # conv-BN-ReLU layers and a 2x2 max-pool (the CNN baseline's first two blocks), so each token of the
+            # quarter-resolution grid is a local feature, not a linear map of raw pixels; batch norm keeps the short
+            # recipes' high learning rates stable
+            self.stem = nn.Sequential(*conv_stage(in_channels, hidden_dim // 4), *conv_stage(hidden_dim // 4, width))
+            self.proj = nn.Conv2d(width, hidden_dim, kernel_size=patch_size // 4, stride=patch_size // 4)
         else:
             self.stem = nn.Identity()
             self.proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)

@@ -79,12 +79,16 @@ def test_summary_written_at_the_end_of_the_multirun(sweep: Path) -> None:
         assert float(row["train_images_per_s"]) == pytest.approx(metrics["train_images_per_s"])
         assert row["heads"] == "2" and f"model.patch_size={row['patch_size']}" in row["overrides"]
         assert row["epochs"] == "1" and float(row["wall_time_s"]) > 0
+        # both times of each job: the training loop alone, and the whole job around it
+        assert float(row["train_time_s"]) == pytest.approx(metrics["train_time_s"])
+        assert 0 < float(row["train_time_s"]) < float(row["wall_time_s"])
     for row in failed:
         assert row["heads"] == "3" and "not divisible" in row["error"] and row["val_acc_best"] == ""
     markdown = (sweep / "sweep_summary.md").read_text()
     assert "4 jobs: 2 ok, 2 failed, 0 incomplete" in markdown
     assert markdown.count("| ok |") == 2 and markdown.count("| failed |") == 2
     assert "not divisible" in markdown  # the reason, not just the status
+    assert "| training loop (s) | whole job (s) |" in markdown
     assert (sweep / "sweep_summary.png").stat().st_size > 5000
 
 

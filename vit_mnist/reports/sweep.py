@@ -39,7 +39,8 @@ class JobRow:
     heads: int | None
     hidden_dim: int | None
     epochs: int | None
-    wall_time_s: float | None
+    train_time_s: float | None  # the training loop alone (the fit, without validation's and the after-fit's time)
+    wall_time_s: float | None  # the whole job, from the start of the entry point to its metrics.json
     train_images_per_s: float | None
     overrides: str
     error: str
@@ -107,6 +108,7 @@ def read_job(job_dir: Path, sweep_dir: Path) -> JobRow:
         num_parameters=_int(metrics.get("num_parameters")),
         **{k: _int(shape.get(k)) for k in SHAPE_KEYS},
         epochs=_int(metrics.get("epochs")),
+        train_time_s=_number(metrics.get("train_time_s")),
         wall_time_s=_number(metrics.get("wall_time_s")),
         train_images_per_s=_number(metrics.get("train_images_per_s")),
         overrides=" ".join(overrides),
@@ -130,7 +132,7 @@ def _cell(value: Any, name: str) -> str:
         return ""
     if name in ("val_acc_best", "test_acc", "test_mca", "test_other_writers", "test_pen_photos"):
         return f"{value:.4f}"
-    if name in ("wall_time_s", "train_images_per_s"):
+    if name in ("train_time_s", "wall_time_s", "train_images_per_s"):
         return f"{value:.1f}"
     return str(value)
 
@@ -163,11 +165,11 @@ def to_markdown(rows: list[JobRow], sweep_dir: Path) -> str:
     robustness = [k for k in ("test_mca", "test_other_writers", "test_pen_photos")  # the benchmark's, when measured
                   if any(getattr(r, k) is not None for r in rows)]
     columns = ["job", "status", "val_acc_best", "test_acc", *robustness, "num_parameters", *SHAPE_KEYS, "epochs",
-               "wall_time_s", "train_images_per_s", "overrides"]
+               "train_time_s", "wall_time_s", "train_images_per_s", "overrides"]
     titles = {"val_acc_best": "val/acc_best", "test_acc": "test/acc", "test_mca": "test/mca",
               "test_other_writers": "test/other_writers", "test_pen_photos": "test/pen_photos",
               "num_parameters": "parameters",
-              "wall_time_s": "wall time (s)", "train_images_per_s": "train images/s"}
+              "train_time_s": "training loop (s)", "wall_time_s": "whole job (s)", "train_images_per_s": "train images/s"}
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "pruned", "failed", "incomplete")}
     pruned = f"{counts['pruned']} pruned, " if counts["pruned"] else ""  # only sweeps with a pruner have any
     lines = [f"# Sweep summary: {sweep_dir}", "",

@@ -10,7 +10,8 @@ from lightning.pytorch import Callback
 
 class RankProbe(Callback):
     """At the first training batch, push 8 copies of one fixed image through the datamodule's training
-    transform (the code `on_after_batch_transfer` runs) and save the result as `rank_probe_<global rank>.pt`.
+    transform (the code `on_after_batch_transfer` runs) and save the result as `rank_probe_<global rank>.pt`; with
+    outlier exposure, also the batch's outliers and the pool as `rank_outliers_<global rank>.pt`.
     With `fail_on_rank`, that rank alone fails at its third batch (as one GPU running out of memory would)."""
 
     def __init__(self, out_dir: str, fail_on_rank: int | None = None) -> None:
@@ -27,3 +28,6 @@ class RankProbe(Callback):
         image[:, :, 6:10, 12:20] = 255
         augmented = trainer.datamodule.transform(image.to(pl_module.device), train=True).cpu()
         torch.save(augmented, self.out_dir / f"rank_probe_{trainer.global_rank}.pt")
+        if len(batch) > 2:  # outlier exposure: this rank's non-digits of the batch, and the pool they come from
+            torch.save({"batch": batch[2].cpu(), "pool": trainer.datamodule.outliers.images},
+                       self.out_dir / f"rank_outliers_{trainer.global_rank}.pt")

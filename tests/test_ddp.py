@@ -117,7 +117,8 @@ OUTSIDE_CONFIGS = {
                   "    _target_: tests.rank_probe.RankProbe\n    out_dir: ${paths.output_dir}\n",
     "case/bad_optimizer.yaml": "# @package _global_\noptimizer:\n  weight_decay: -1.0\n",  # fails on both ranks
     "case/rank1_fails.yaml": "# @package _global_\ncallbacks:\n  rank_probe:\n    fail_on_rank: 1\n",
-    "case/ok.yaml": "# @package _global_\n",
+    # trains with outlier exposure (a small pool): each rank draws its own non-digits
+    "case/ok.yaml": "# @package _global_\noutlier_exposure:\n  weight: 0.5\n  count: 8\n  batch_size: 4\n",
 }
 
 
@@ -174,6 +175,14 @@ def test_ranks_draw_different_augmentation(failing_sweep: Sweep) -> None:
     assert not torch.equal(drawn[0][0], drawn[0][1])  # the images of a batch are warped differently...
     for i in range(8):  # ...and so is image i on the two ranks (before: the same rotation, shift and zoom)
         assert not torch.allclose(drawn[0][i], drawn[1][i]), i
+
+
+def test_ranks_draw_their_own_outliers_from_one_pool(failing_sweep: Sweep) -> None:
+    sweep_dir, _ = failing_sweep
+    drawn = [torch.load(sweep_dir / "2" / f"rank_outliers_{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert torch.equal(drawn[0]["pool"], drawn[1]["pool"]) and len(drawn[0]["pool"]) == 5 * 8  # the same pool
+    assert drawn[0]["batch"].shape == (4, 1, 28, 28) and drawn[0]["batch"].is_floating_point()  # transformed
+    assert not torch.allclose(drawn[0]["batch"], drawn[1]["batch"])  # each rank its own draw
 
 
 def test_rank_seed_gives_every_rank_its_own_reproducible_stream() -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from vit_mnist.data.augment import AugmentConfig
 from vit_mnist.data.augment import augment as augment_batch
 from vit_mnist.data.idx import read_images, read_labels
+from vit_mnist.data.outliers import OutlierPool
 from vit_mnist.data.samplers import eval_sampler
 from vit_mnist.data.sources import SPLIT_FILES, ensure_files, get_spec
 from vit_mnist.errors import UserError
@@ -97,6 +98,13 @@ class MNISTDataModule(LightningDataModule):
         self.train_set: InMemoryDataset | None = None
         self.val_set: InMemoryDataset | None = None
         self.test_set: InMemoryDataset | None = None
+        # outlier exposure (vit_mnist.training.outlier_exposure): non-digits added to each training batch
+        self.outliers: OutlierPool | None = None
+
+    def attach_outliers(self, pool: OutlierPool | None) -> None:
+        """Add `pool.draw()` to every training batch as a third element, through the same `transform` as the digits;
+        the pool is made in `setup("fit")`. Validation, test and prediction batches never get any."""
+        self.outliers = pool
 
     @property
     def class_names(self) -> list[str]:
@@ -128,6 +136,8 @@ class MNISTDataModule(LightningDataModule):
             train_idx, val_idx = order[val_size:], order[:val_size]
             self.train_set = InMemoryDataset(images[train_idx], labels[train_idx])
             self.val_set = InMemoryDataset(images[val_idx], labels[val_idx])
+        if self.outliers is not None and stage in (None, "fit"):
+            self.outliers.build(self.data_dir)
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = InMemoryDataset(*load_split(self.spec.name, self.data_dir, "test", download=False))
 
@@ -161,10 +171,16 @@ class MNISTDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        x = self.transform(images, train=training)
+        x = self._model_input(images, training)
+        if training and self.outliers is not None:  # the same path as the digits: augmented, normalised, converted
+            return x, labels, self._model_input(self.outliers.draw(images.device), True)
+        return x, labels
+
+    def _model_input(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = self.transform(images, train=train)
         if self.trainer is not None:  # Lightning converts batches before this hook: uint8 stays, so convert the
             x = self.trainer.precision_plugin.convert_input(x)  # floats here (bf16 under bf16-true; else as is)
-        return x, labels
+        return x
 
     def transform(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 (B, 1, H, W) on any device -> normalised float; random affine only when `train`."""

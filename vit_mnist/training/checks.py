@@ -17,6 +17,7 @@ from vit_mnist.ood.detector import check_score
 from vit_mnist.runtime.hardware import warn_if_slow_bf16
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options
+from vit_mnist.training.outlier_exposure import outlier_exposure_from
 from vit_mnist.training.teacher import check_distill
 from vit_mnist.training.transfer import check_init_from
 
@@ -52,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
     check_loggers(cfg.get("logger"))
     check_score(cfg.get("ood_score"))  # the verdicts' out-of-domain score, fitted after training
     check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
+    outlier_exposure_from(cfg.get("outlier_exposure"), spec.name)  # its own checks; the pool is made later
     ema = (cfg.get("callbacks") or {}).get("ema")
     if ema:
         check_ema_options(ema.get("decay", 0.999), ema.get("update_starting_at_step"),

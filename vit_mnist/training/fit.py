@@ -33,6 +33,7 @@ from vit_mnist.training.callbacks import TrainThroughput
 from vit_mnist.training.checks import check_before_run
 from vit_mnist.training.distributed import RankSeed, hydra_ddp_job
 from vit_mnist.training.module import ViTClassifier
+from vit_mnist.training.outlier_exposure import outlier_exposure_from
 from vit_mnist.training.teacher import load_teacher
 from vit_mnist.training.transfer import init_from_checkpoint
 
@@ -68,6 +69,9 @@ def hparams_to_log(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
     """The datamodule and the LightningModule a config describes."""
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    oe = outlier_exposure_from(cfg.get("outlier_exposure"), cfg.data.name)
+    if oe is not None:  # each training batch gets non-digits (each rank draws its own from the same pool)
+        datamodule.attach_outliers(oe.pool(cfg.data.name))
     module = ViTClassifier(
         model=cfg.model,
         optimizer=cfg.optimizer,
@@ -78,6 +82,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
         dataset=cfg.data.name,
         tta=bool(cfg.get("tta", False)),
         distill=cfg.get("distill"),
+        outlier_exposure=oe.hparams(cfg.data.name) if oe is not None else None,
     )
     if module.hparams.distill:
         module.attach_teacher(load_teacher(module.hparams.distill["teacher"]))

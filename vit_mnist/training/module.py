@@ -36,6 +36,7 @@ from vit_mnist.ood.detector import OODDetector
 from vit_mnist.reports.samples import CALIBRATION_BINS, ReportSamples
 from vit_mnist.runtime.hardware import synchronize
 from vit_mnist.training.distill import distillation_loss
+from vit_mnist.training.outlier_exposure import uniform_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ViTClassifier(LightningModule):
         dataset: str = "mnist",
         tta: bool = False,
         distill: dict | None = None,
+        outlier_exposure: dict | None = None,
     ):
         super().__init__()
         model, optimizer, scheduler = _plain(model), _plain(optimizer), _plain(scheduler)
@@ -78,7 +80,9 @@ class ViTClassifier(LightningModule):
         self.save_hyperparameters(
             {"model": model, "optimizer": optimizer, "scheduler": scheduler, "label_smoothing": label_smoothing,
              "class_names": class_names, "normalize": normalize, "dataset": dataset, "tta": tta,
-             "distill": _plain(distill) if distill and distill.get("teacher") else None}
+             "distill": _plain(distill) if distill and distill.get("teacher") else None,
+             # outlier exposure's settings (vit_mnist.training.outlier_exposure); None: trained without it
+             "outlier_exposure": _plain(outlier_exposure) or None}
         )
         self.net = net
         # The teacher of a distillation run: attached by the train job, never part of the state dict (the student's
@@ -187,7 +191,9 @@ class ViTClassifier(LightningModule):
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels = batch
         logits, _ = logits_and_features(self.net, images, tta, features=False)  # as calibration and predict run it
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
+        # the labelled images come first; any after them (outlier exposure's) have logits but no label
+        loss = F.cross_entropy(logits[:len(labels)], labels,
+                               label_smoothing=self.hparams.label_smoothing if self.training else 0.0)
         return loss, logits, labels
 
     def attach_teacher(self, teacher: torch.nn.Module) -> None:
@@ -205,24 +211,35 @@ class ViTClassifier(LightningModule):
                                "vit_mnist.training.fit.build")
         synchronize(images.device)  # a GPU runs asynchronously: the clock waits for the work it measures
         started = time.perf_counter()
-        with torch.no_grad():  # the teacher sees the same augmented batch, in eval mode, and learns nothing
-            teacher_logits = self._teacher[0](images)
+        with torch.no_grad():  # the teacher sees the same augmented digits, in eval mode, and learns nothing
+            teacher_logits = self._teacher[0](images[:len(labels)])
         synchronize(images.device)
         self.teacher_time_s += time.perf_counter() - started
         logits, dist_logits = self.net.forward_heads(images)
         d = self.hparams.distill
-        loss = distillation_loss(logits, dist_logits, labels, teacher_logits, d.get("kind", "hard"),
+        n = len(labels)
+        loss = distillation_loss(logits[:n], dist_logits[:n], labels, teacher_logits, d.get("kind", "hard"),
                                  float(d.get("alpha", 0.5)), float(d.get("tau", 1.0)), self.hparams.label_smoothing)
         return loss, (logits + dist_logits) / 2, labels  # accuracy of what the student predicts: both heads
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, logits, labels = self._distill_step(batch) if self.hparams.get("distill") else self._step(batch)
+        images, labels, *outliers = batch  # outlier exposure's datamodule adds a third element: non-digit images
+        n = len(labels)  # the digits; with outlier exposure the batch holds more images than labels
+        inputs = torch.cat([images, outliers[0]]) if outliers else images  # one forward pass for both
+        step = self._distill_step if self.hparams.get("distill") else self._step
+        loss, logits, labels = step((inputs, labels))
+        if outliers:  # pushed towards a uniform answer: the served logits (both heads averaged when distilled)
+            outlier_loss = uniform_cross_entropy(logits[n:])
+            loss = loss + float(self.hparams.outlier_exposure["weight"]) * outlier_loss
+            self.log("train/outlier_loss", outlier_loss.detach(), on_step=False, on_epoch=True, batch_size=n)
+            logits = logits[:n]
         self.train_loss(loss.detach())
         self.train_acc(logits.detach(), labels)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         if self._teacher:
-            self.log("train/teacher_time_s", self.teacher_time_s, on_step=False, on_epoch=True, reduce_fx="max")
+            self.log("train/teacher_time_s", self.teacher_time_s, on_step=False, on_epoch=True, reduce_fx="max",
+                     batch_size=n)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from vit_mnist.models.cnn import CNNConfig, SmallCNN
 from vit_mnist.models.registry import build_network, check_model_config, network_config
 from vit_mnist.models.vit import (
     CPU_BF16_EXPLICIT_TOKENS,
     Attention,
-    MaxPool2x2,
     VisionTransformer,
     ViTConfig,
     count_parameters,
@@ -98,18 +96,6 @@ def test_cct_tokenizer_pools_to_a_quarter_resolution_grid_of_local_features() ->
     with pytest.raises(ValueError) as error:
         ViTConfig(hidden_dim=32, depth=1, heads=2, mlp_dim=64, patch_size=14, stem="cct")
     assert "model.stem=cct" in str(error.value) and "multiples of 4" in str(error.value)
-
-
-@pytest.mark.parametrize("size", [(28, 28), (7, 9), (5, 2)])
-def test_reshape_max_pool_gives_torch_s_max_pool_numbers_and_gradients(size: tuple[int, int]) -> None:
-    x = torch.randn(3, 5, *size, requires_grad=True)  # distinct values: no ties to split a gradient over
-    reference = F.max_pool2d(x, 2)
-    pooled = MaxPool2x2()(x)
-    torch.testing.assert_close(pooled, reference, rtol=0, atol=0)
-    weights = torch.randn_like(reference)
-    (grad,) = torch.autograd.grad((pooled * weights).sum(), x)
-    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), x)
-    torch.testing.assert_close(grad, reference_grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

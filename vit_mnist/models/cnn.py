@@ -11,7 +11,6 @@ from torch import nn
 from vit_mnist.models.vit import (
     INPUT_NORMS,
     BackgroundNorm,
-    MaxPool2x2,
     is_fraction,
     is_positive_int,
 )
@@ -102,7 +101,7 @@ class SmallCNN(nn.Module):
                 layers += conv_bn_relu(channels, width)
                 channels = width
             if i < len(widths) - 1:
-                layers.append(MaxPool2x2())  # nn.MaxPool2d(2)'s numbers, faster on CPUs
+                layers.append(nn.MaxPool2d(2))
             blocks.append(nn.Sequential(*layers))
         self.features = nn.Sequential(*blocks)
         self.drop = nn.Dropout(config.dropout)

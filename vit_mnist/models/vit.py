@@ -163,24 +163,13 @@ class BackgroundNorm(nn.Module):
         return F.pad(x, (pad, pad, 0, 0), value=float("-inf")).unfold(-1, w, 1).amax(dim=-1)
 
 
-class MaxPool2x2(nn.Module):
-    """A 2x2 max-pool of stride 2 with nn.MaxPool2d(2)'s numbers (an odd last row or column is dropped), as a
-    reshape and an amax: torch's CPU max_pool2d with indices took 15% of a conv-tokenizer ViT's bf16 train step,
-    this takes a fraction of it. No weights: checkpoints of either are the same."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        x = x[..., : H - H % 2, : W - W % 2]
-        return x.unflatten(-1, (W // 2, 2)).unflatten(-3, (H // 2, 2)).amax(dim=(-3, -1))
-
-
 def conv_stage(in_channels: int, out_channels: int) -> list[nn.Module]:
     """Two 3x3 conv-BN-ReLU layers and a 2x2 max-pool: one stage of the convolutional tokenizer (stem=cct)."""
     layers: list[nn.Module] = []
     for channels in (in_channels, out_channels):
         layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
                    nn.ReLU(inplace=True)]
-    return [*layers, MaxPool2x2()]
+    return [*layers, nn.MaxPool2d(2)]
 
 
 def conv_bn_gelu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

@@ -171,10 +171,12 @@ class MNISTDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        x = self._model_input(images, training)
-        if training and self.outliers is not None:  # the same path as the digits: augmented, normalised, converted
-            return x, labels, self._model_input(self.outliers.draw(images.device), True)
-        return x, labels
+        if training and self.outliers is not None:
+            # the same path as the digits, in the same call (one augmentation pass per step, not two): augmented,
+            # normalised, converted; then apart again
+            x = self._model_input(torch.cat([images, self.outliers.draw(images.device)]), True)
+            return x[:len(labels)], labels, x[len(labels):]
+        return self._model_input(images, training), labels
 
     def _model_input(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         x = self.transform(images, train=train)

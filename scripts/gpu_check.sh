@@ -72,7 +72,8 @@ export VIT_MNIST_DATA_DIR=$DATA_DIR
 # --- the steps ----------------------------------------------------------------------------------------------------
 if [ "$DRY_RUN" = 1 ]; then  # the same commands, on the CPU, a few batches each
   TRAINER=(trainer.accelerator=cpu trainer.precision=32-true trainer.max_epochs=1 trainer.limit_train_batches=2
-           trainer.limit_val_batches=1 trainer.limit_test_batches=1 robustness_images=20 data.val_size=100)
+           trainer.limit_val_batches=1 trainer.limit_test_batches=1 robustness_images=20 data.val_size=100
+           outlier_exposure.count=10)
   BENCH=(device=cpu precision=32-true "batch_sizes=[8]" steps=2 warmup=1 repeats=1 matmul_size=128)
   SEEDS=1
 else

@@ -11,6 +11,7 @@ import hydra
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import ConfusionMatrix, MaxMetric, MeanMetric, MetricCollection
@@ -199,6 +200,15 @@ class ViTClassifier(LightningModule):
     def attach_teacher(self, teacher: torch.nn.Module) -> None:
         """The frozen network whose predictions train the distillation token (`distill.teacher`)."""
         self._teacher = [teacher.eval()]
+
+    def setup(self, stage: str) -> None:
+        # CPU convolutions (oneDNN) train faster with channels-last weights: fast's whole train step 42.5 -> 35 ms
+        # (docs/results.md#fast); set before a DDP strategy wraps the network, undone when the fit ends
+        if stage == TrainerFn.FITTING and isinstance(self.trainer.accelerator, CPUAccelerator):
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        self.net.to(memory_format=torch.contiguous_format)  # inference measured no faster channels-last
 
     def on_fit_start(self) -> None:
         if self._teacher:  # onto the student's device, and its dtype under bf16-true/16-true (mixed: autocast)

@@ -12,9 +12,9 @@ import sys
 
 from vit_mnist import load_model
 from vit_mnist.data import load_split
+from vit_mnist.data.non_digits import make_non_digits, non_digit_sets_for
 from vit_mnist.data.other_writers import load_other_writers
 from vit_mnist.data.sources import is_handwritten
-from vit_mnist.data.non_digits import make_non_digits, non_digit_sets_for
 from vit_mnist.ood.detector import VERDICTS
 
 

@@ -12,11 +12,15 @@ import torch.nn.functional as F
 
 from tests.builders import untrained_checkpoint
 from tests.conftest import CNN_TINY, TINY, compose_config, trained_run
-from vit_mnist.data.non_digits import load_non_digit_sets, make_non_digits, non_digit_sets_for
+from vit_mnist.data.non_digits import (
+    load_non_digit_sets,
+    make_non_digits,
+    non_digit_sets_for,
+)
 from vit_mnist.data.outliers import OutlierPool
 from vit_mnist.errors import UserError
-from vit_mnist.training.checks import validate
 from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint
+from vit_mnist.training.checks import validate
 from vit_mnist.training.distill import distillation_loss
 from vit_mnist.training.fit import build
 from vit_mnist.training.outlier_exposure import uniform_cross_entropy

@@ -6,14 +6,16 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 import lightning as L
+import pytest
 import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
 
 from tests.conftest import TINY, compose_config, run_module
 from vit_mnist.data import MNISTDataModule
+from vit_mnist.data.sources import get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.fit import train
@@ -207,11 +209,6 @@ def test_gpu_refusal_says_whether_torch_is_cpu_only_or_sees_no_gpu(monkeypatch: 
 def test_cpu_training_runs_with_channels_last_conv_weights_and_hands_them_back_contiguous() -> None:
     """oneDNN's convolutions train faster channels-last on a CPU: the fit switches the network's 4D weights to that
     layout before the first step (and before any DDP wrapping) and back when it ends (inference is no faster)."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from vit_mnist.data.sources import get_spec
-    from vit_mnist.training.module import ViTClassifier
-
     class Layout(L.Callback):
         seen: list[bool] = []
 

@@ -24,9 +24,10 @@ class OutlierPool:
         self.sets = list(allowed if sets is None else sets)
         wrong = [name for name in self.sets if name not in allowed]
         if wrong or not self.sets:
-            raise UserError(f"outlier_exposure.sets={self.sets} must name one or more of the non-digit sets outside "
-                            f"data={dataset}'s domain: {allowed} (null: all of them). A set of the model's own kind "
-                            "would teach it that its own images are outliers.")
+            raise UserError(f"outlier_exposure.sets={self.sets} must be a non-empty list of the non-digit sets "
+                            f"outside data={dataset}'s domain, from {allowed} (null: all of them), e.g. "
+                            "'outlier_exposure.sets=[letters,shapes]'. A set of the model's own kind would teach it "
+                            "that its own images are outliers.")
         self.images: torch.Tensor | None = None  # the pool, on the CPU, made by `build`
         self.names: list[str] = []  # the sets that made it in (a dataset's files may be missing)
         self._on_device: torch.Tensor | None = None

@@ -11,6 +11,7 @@ from torch import nn
 from vit_mnist.models.vit import (
     INPUT_NORMS,
     BackgroundNorm,
+    conv_bn_relu,
     is_fraction,
     is_positive_int,
 )
@@ -65,11 +66,6 @@ class CNNConfig:
             raise ValueError(f"model.input_norm={self.input_norm!r} is not one of {list(INPUT_NORMS)}: `tophat` "
                              "removes each image's smooth background and stretches its contrast before the first "
                              "convolution; `none` feeds the image as it is.")
-
-
-def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    """A 3x3 same-padding convolution, batch norm and ReLU; no conv bias, the batch norm has one."""
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class SmallCNN(nn.Module):

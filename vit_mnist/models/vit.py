@@ -98,10 +98,11 @@ class ViTConfig:
             )
         if self.stem == "cct" and (patch_size % 4 or image_size % 4 or hidden_dim < 4):
             raise ValueError(
-                f"model.stem=cct max-pools the image twice, to a quarter of its side, before cutting patches of a quarter of "
-                f"the size, so model.patch_size (here {patch_size}) and model.image_size (here {image_size}) must "
-                "both be multiples of 4, and its first convolutions are model.hidden_dim / 4 wide (here "
-                f"{hidden_dim}, at least 4): e.g. model.patch_size=4 for 28x28 (a 7x7 token grid), or model.stem=conv2."
+                f"model.stem=cct max-pools the image twice, to a quarter of its side, before cutting patches of a "
+                f"quarter of the size, so model.patch_size (here {patch_size}) and model.image_size (here "
+                f"{image_size}) must both be multiples of 4, and its first convolutions are model.hidden_dim / 4 "
+                f"wide (here {hidden_dim}, at least 4): e.g. model.patch_size=4 for 28x28 (a 7x7 token grid), or "
+                "model.stem=conv2."
             )
         for key in ("dropout", "drop_path"):
             if not is_fraction(value := getattr(self, key)):
@@ -163,13 +164,15 @@ class BackgroundNorm(nn.Module):
         return F.pad(x, (pad, pad, 0, 0), value=float("-inf")).unfold(-1, w, 1).amax(dim=-1)
 
 
+def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    """A 3x3 same-padding convolution, batch norm and ReLU; no conv bias, the batch norm has one (the CNN's layer)."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
 def conv_stage(in_channels: int, out_channels: int) -> list[nn.Module]:
-    """Two 3x3 conv-BN-ReLU layers and a 2x2 max-pool: one stage of the convolutional tokenizer (stem=cct)."""
-    layers: list[nn.Module] = []
-    for channels in (in_channels, out_channels):
-        layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-                   nn.ReLU(inplace=True)]
-    return [*layers, nn.MaxPool2d(2)]
+    """Two conv-BN-ReLU layers and a 2x2 max-pool: one stage of the convolutional tokenizer (stem=cct), the same as
+    a block of the CNN baseline."""
+    return [*conv_bn_relu(in_channels, out_channels), *conv_bn_relu(out_channels, out_channels), nn.MaxPool2d(2)]
 
 
 def conv_bn_gelu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

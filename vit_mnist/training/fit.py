@@ -70,8 +70,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
     """The datamodule and the LightningModule a config describes."""
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     oe = outlier_exposure_from(cfg.get("outlier_exposure"), cfg.data.name)
-    if oe is not None:  # each training batch gets non-digits (each rank draws its own from the same pool)
-        datamodule.attach_outliers(oe.pool(cfg.data.name))
+    pool = oe.pool(cfg.data.name) if oe is not None else None
+    if pool is not None:  # each training batch gets non-digits (each rank draws its own from the same pool)
+        datamodule.attach_outliers(pool)
     module = ViTClassifier(
         model=cfg.model,
         optimizer=cfg.optimizer,
@@ -82,7 +83,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
         dataset=cfg.data.name,
         tta=bool(cfg.get("tta", False)),
         distill=cfg.get("distill"),
-        outlier_exposure=oe.hparams(cfg.data.name) if oe is not None else None,
+        outlier_exposure=oe.hparams(pool) if oe is not None else None,
     )
     if module.hparams.distill:
         module.attach_teacher(load_teacher(module.hparams.distill["teacher"]))

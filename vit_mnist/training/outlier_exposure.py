@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from vit_mnist.data.non_digits import NON_DIGIT_SETS
 from vit_mnist.data.outliers import OutlierPool
 from vit_mnist.errors import UserError, find_user_error
 
@@ -52,13 +51,8 @@ class OutlierExposure:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise UserError(f"outlier_exposure.seed={self.seed!r} must be a whole number: it picks the pool's "
                             "images within the non-digit sets' training streams.")
-        if self.sets is not None:
+        if self.sets is not None:  # the names are checked against the dataset by the pool (OutlierPool)
             self.sets = [self.sets] if isinstance(self.sets, str) else list(self.sets)
-            unknown = [name for name in self.sets if name not in NON_DIGIT_SETS]
-            if unknown or not self.sets:
-                raise UserError(f"outlier_exposure.sets={self.sets} must be a non-empty list of non-digit sets "
-                                f"from {list(NON_DIGIT_SETS)} (null: every set outside the dataset's domain), "
-                                "e.g. 'outlier_exposure.sets=[letters,shapes]'.")
 
     @property
     def enabled(self) -> bool:
@@ -68,9 +62,9 @@ class OutlierExposure:
         """The pool of non-digit images for a model of `dataset` (made by the datamodule's setup)."""
         return OutlierPool(dataset, self.sets, self.count, self.batch_size, self.seed)
 
-    def hparams(self, dataset: str) -> dict[str, Any]:
-        """What the module and its checkpoint record: these settings with the sets resolved."""
-        return {**asdict(self), "sets": self.pool(dataset).sets}
+    def hparams(self, pool: OutlierPool) -> dict[str, Any]:
+        """What the module and its checkpoint record: these settings with `pool`'s sets resolved."""
+        return {**asdict(self), "sets": pool.sets}
 
 
 def outlier_exposure_from(cfg: DictConfig | None, dataset: str) -> OutlierExposure | None:

@@ -120,6 +120,15 @@ def run_train_cli(args: Sequence[str], data_dir: Path, cwd: Path) -> subprocess.
                       cwd=cwd)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated images (paths.cache_dir) cached for this session only, never in the checkout's .cache/; runs in
+    subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["VIT_MNIST_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MNIST as raw IDX and Fashion-MNIST as gzip IDX, 800 train / 200 test images each."""

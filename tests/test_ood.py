@@ -28,7 +28,11 @@ from vit_mnist.ood.scores import (
     fit_class_gaussians,
     mahalanobis_score,
 )
-from vit_mnist.ood.thresholds import acceptance_threshold, confidence_threshold
+from vit_mnist.ood.thresholds import (
+    acceptance_threshold,
+    confidence_threshold,
+    loosest_acceptance,
+)
 from vit_mnist.robustness_suite.ood_benchmark import OODMeter, auroc, detector_for
 
 EVAL = ["data.eval_batch_size=100", "data.download=false"]
@@ -130,6 +134,21 @@ def test_the_acceptance_threshold_accepts_99_percent_of_the_scores() -> None:
     assert acceptance_threshold(torch.tensor([5.0]), 0.99) == 5.0
 
 
+def test_the_acceptance_loosens_only_while_non_digits_stay_out_of_confident() -> None:
+    digits = torch.randperm(1000).double()  # thresholds: 989 at 99%, 994 at 99.5%, 997 at 99.8% accepted
+    far = torch.full((100,), 5000.0)
+    unsure = torch.zeros(100, dtype=torch.bool)
+    assert loosest_acceptance(digits, torch.zeros(100), unsure) == (0.998, 0.0)  # the softmax holds every one back
+    sure = torch.ones(100, dtype=torch.bool)
+    assert loosest_acceptance(digits, far, sure) == (0.998, 0.0)  # the score rejects them all at every level
+    some = far.clone()
+    some[:1], some[1:4] = 992.0, 996.0  # 1% let through at 99.5%, 4% at 99.8%
+    assert loosest_acceptance(digits, some, sure) == (0.995, pytest.approx(0.01))
+    some[:3] = 500.0  # 3% accepted everywhere: no looser than the floor, whatever the cap
+    assert loosest_acceptance(digits, some, sure) == (0.99, pytest.approx(0.03))
+    assert loosest_acceptance(digits, some, sure, cap=0.05) == (0.998, pytest.approx(0.04))
+
+
 def test_the_confidence_threshold_keeps_the_confident_answers_right() -> None:
     # 1,000 answers: the 20 wrong ones have probabilities 0.60-0.79, the right ones 0.50-0.999
     top1 = torch.cat([torch.linspace(0.50, 0.999, 980), torch.linspace(0.60, 0.79, 20)])
@@ -200,7 +219,8 @@ def test_fitted_thresholds_accept_99_percent_of_their_digits() -> None:
         # offset given by its number (the next two pixels)
         labels, number = images[:, 0, 0, 0].long(), images[:, 0, 0, 1].long() * 256 + images[:, 0, 0, 2].long()
         features = centres[labels] + noise[number]
-        return features @ centres.T / 4, features
+        flat = images[:, 0, 0, 3:4] == 1  # a non-digit the network answers with a flat softmax
+        return torch.where(flat, 0.0, features @ centres.T / 4), features
 
     def digits(n: int, first: int) -> FitData:
         labels, number = torch.arange(n) % 10, torch.arange(first, first + n)
@@ -216,6 +236,19 @@ def test_fitted_thresholds_accept_99_percent_of_their_digits() -> None:
     logits, features = outputs(held.images)
     for d in detectors.values():
         assert float((d.scores(logits, features) <= d.ood_threshold).double().mean()) >= 0.99
+    # non-digit check images the softmax leaves flat (near the digits' features: the feature scores cannot tell):
+    # every score may accept more digits; check images that look like sure digits keep the floor
+    flat = digits(200, 2500).images
+    flat[:, 0, 0, 3] = 1
+    loose = fit_detectors(outputs, stats, held, 10, outliers=flat)
+    sure = fit_detectors(outputs, stats, held, 10, outliers=digits(200, 2800).images)
+    for name in SCORES:
+        assert loose[name].info["digit_acceptance"] == 0.998 and loose[name].info["outlier_check_images"] == 200
+        assert loose[name].info["outlier_check_confident"] == 0.0 and loose[name].unsure_threshold <= 1.0
+        assert sure[name].info["digit_acceptance"] == 0.99 and sure[name].info["outlier_check_confident"] > 0.5
+        assert loose[name].ood_threshold >= sure[name].ood_threshold
+        scores = sure[name].scores(logits, features)
+        assert float((scores <= loose[name].ood_threshold).double().mean()) >= 0.998
     # without a validation split the thresholds come from training images the statistics did not use
     stats, held, where = split_fit_data(train, None, limit=50)
     assert len(stats.labels) == len(held.labels) == 500 and "no validation split" in where

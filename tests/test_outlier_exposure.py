@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tests.builders import untrained_checkpoint
 from tests.conftest import CNN_TINY, TINY, compose_config, trained_run
+from vit_mnist.data import image_cache
 from vit_mnist.data.non_digits import (
     load_non_digit_sets,
     make_non_digits,
@@ -120,7 +121,7 @@ def test_the_loss_is_the_digits_loss_plus_the_weighted_uniform_term(kind: str, d
     ("outlier_exposure.sets=[letterz]", "outlier_exposure.sets=\\['letterz'\\] must be a non-empty list"),
     ("outlier_exposure.sets=[]", "must be a non-empty list"),
     ("outlier_exposure.sets=[letters,digits]", "outside data=mnist's domain"),
-    ("+outlier_exposure.strength=1", "Its keys are weight, sets, count, batch_size and seed"),
+    ("+outlier_exposure.strength=1", "Its keys are weight, sets, count, batch_size, seed and cache_dir"),
 ])
 def test_config_mistakes_are_one_paragraph_naming_the_key(make_cfg, override: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -141,3 +142,27 @@ def test_a_set_whose_files_are_missing_is_left_out(tmp_path: Path) -> None:
     assert pool.names == ["letters", "scribbles", "shapes", "noise"] and len(images) == 20
     with pytest.raises(UserError, match="Outlier exposure has no images"):
         OutlierPool("mnist", ["fashion"], 5, 4).build(str(tmp_path))
+
+
+def test_the_pool_is_made_once_then_read_from_the_cache(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    made = []
+    real = image_cache.make_non_digits
+    monkeypatch.setattr(image_cache, "make_non_digits", lambda *a: made.append(a[0]) or real(*a))
+    first = OutlierPool("mnist", None, 6, 4, cache_dir=str(tmp_path / "cache")).build(str(data_dir))
+    assert sorted(made) == sorted(["letters", "scribbles", "shapes", "noise", "fashion"])
+    again = OutlierPool("mnist", None, 6, 4, cache_dir=str(tmp_path / "cache")).build(str(data_dir))
+    assert torch.equal(first, again) and len(made) == 5  # read back, none made again
+    assert torch.equal(first, OutlierPool("mnist", None, 6, 4).build(str(data_dir)))  # as made without a cache
+    assert len(made) == 10
+    OutlierPool("mnist", ["letters"], 7, 4, cache_dir=str(tmp_path / "cache")).build(str(data_dir))
+    assert made[10:] == ["letters"]  # other arguments: made
+    monkeypatch.setattr(image_cache, "code_stamp", lambda: "another version of the drawing code")
+    OutlierPool("mnist", ["letters", "fashion"], 6, 4, cache_dir=str(tmp_path / "cache")).build(str(data_dir))
+    assert made[11:] == ["letters", "fashion"]  # other code: made again
+
+
+def test_the_cache_folder_stays_out_of_the_checkpoint(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("outlier_exposure.weight=0.5", f"paths.cache_dir={tmp_path / 'c'}")
+    datamodule, module = build(cfg)
+    assert datamodule.outliers.cache_dir == str(tmp_path / "c")
+    assert "cache_dir" not in module.hparams.outlier_exposure  # a machine's folder, not a property of the model

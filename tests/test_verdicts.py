@@ -23,7 +23,8 @@ from vit_mnist.inference.files import predict, predict_files
 from vit_mnist.inference.predictor import verdict_message
 from vit_mnist.inference.web import create_app
 from vit_mnist.ood.detector import CHECKPOINT_KEY, VERDICTS
-from vit_mnist.ood.thresholds import DIGIT_ACCEPTANCE
+from vit_mnist.ood.thresholds import ACCEPTANCE_LEVELS, DIGIT_ACCEPTANCE
+from vit_mnist.training.after_fit import CHECK_IMAGES
 from vit_mnist.training.checkpoints import read_checkpoint, write_checkpoint
 from vit_mnist.training.checks import validate
 
@@ -65,6 +66,10 @@ def test_training_stores_a_detector_that_accepts_99_percent_of_validation_digits
     assert len(verdicts) == len(val_images) and set(verdicts) <= set(VERDICTS)
     rejected = verdicts.count("out_of_domain") / len(verdicts)
     assert rejected <= 1 - DIGIT_ACCEPTANCE + 2 / len(verdicts)  # the threshold's own images: 1% (and ties)
+    # the acceptance was checked on non-digits of every set (Fashion-MNIST's too: its files are in the data folder)
+    assert state["info"]["digit_acceptance"] in ACCEPTANCE_LEVELS
+    assert state["info"]["outlier_check_images"] == 5 * CHECK_IMAGES
+    assert 0.0 <= state["info"]["outlier_check_confident"] <= 1.0
 
 
 def test_verdicts_follow_the_thresholds_everywhere(tiny: Path, tmp_path: Path, data_dir: Path) -> None:

@@ -22,9 +22,10 @@ from vit_mnist.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# The benchmark's images and any future training-time outliers (outlier exposure) come from different random
-# streams (and, for `fashion`/`digits`, different files), so no benchmark image is ever trained on.
-SPLITS = ("benchmark", "training")
+# The benchmark's images, the training-time outliers (outlier exposure) and the outliers a detector's thresholds are
+# checked on come from different random streams (and, for `fashion`/`digits`, different files or ends of one), so no
+# benchmark image is ever trained or fixed on, and the threshold check never sees an image a model was trained on.
+SPLITS = ("benchmark", "training", "thresholds")
 # Glyphs left out because they are digits in disguise, handwritten or printed (the `letters` set's keep-list follows).
 EXCLUDED_LETTERS = {
     "O": "a 0", "o": "a 0", "Q": "a 0 with a tail", "D": "a 0 once written",
@@ -271,19 +272,22 @@ def _check(name: str, split: str, count: int | None) -> None:
         raise UserError(f"{name!r} is not a non-digit set: choose from {list(NON_DIGIT_SETS)}.")
     if split not in SPLITS:
         raise UserError(f"split={split!r} is not one of {list(SPLITS)}: `benchmark` for measuring, `training` for "
-                        "outliers a model is trained on (never the same images).")
+                        "outliers a model is trained on, `thresholds` for checking a detector's thresholds (never the "
+                        "same images).")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise UserError(f"count={count!r} must be a positive whole number of images, or None for the set's own size.")
 
 
 def _dataset_images(dataset: str, split: str, count: int, data_dir: str | Path | None, download: bool
                     ) -> np.ndarray:
-    """The first `count` images of `dataset`'s test split (benchmark) or training split (training)."""
+    """The first `count` images of `dataset`'s test split (benchmark) or training split (training), or the last
+    `count` of its training split (thresholds: apart from any outlier pool, which takes the first)."""
     if data_dir is None:
         raise UserError(f"The non-digit set of {dataset} images needs the data folder: pass data_dir.")
     spec = get_spec(dataset)
     files = ensure_files(spec, data_dir, download)
-    return read_images(files[SPLIT_FILES["test" if split == "benchmark" else "train"][0]], spec.image_size)[:count]
+    images = read_images(files[SPLIT_FILES["test" if split == "benchmark" else "train"][0]], spec.image_size)
+    return images[-count:] if split == "thresholds" else images[:count]
 
 
 @functools.lru_cache(maxsize=16)
@@ -291,7 +295,8 @@ def make_non_digits(name: str, count: int | None = None, seed: int = 0, split: s
                     data_dir: str | None = None, download: bool = False) -> torch.Tensor:
     """The non-digit set `name` as uint8 (N, 1, 28, 28) white-on-black images in MNIST's layout: N = `count`, else
     SET_SIZES[name]. The same images on every call for the same arguments, and the first N of a larger set are the
-    set of N. `split` picks the benchmark's images or a training set's (other random streams, other files).
+    set of N. `split` picks the benchmark's images, a training set's or a threshold check's (SPLITS: other
+    random streams, other files).
 
     Each drawing (on a CANVAS-pixel canvas, or a 28-64 pixel noise image) takes the path of a user's image in
     `predict` and the web app: the ink cropped, strokes thickened to MNIST's width, fitted to 20x20, centred by
@@ -314,14 +319,14 @@ def make_non_digits(name: str, count: int | None = None, seed: int = 0, split: s
 
 
 def load_non_digit_sets(dataset: str, data_dir: str | Path | None, limit: int | None = None, seed: int = 0,
-                        download: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The NON_DIGIT_SETS outside `dataset`'s domain (`limit`: at most N images each) and a note for each set that
-    could not be made (the other dataset's files missing), which is then left out."""
+                        download: bool = False, split: str = "benchmark") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The NON_DIGIT_SETS outside `dataset`'s domain (`limit`: at most N images each) from `split`, and a note for
+    each set that could not be made (the other dataset's files missing), which is then left out."""
     sets, notes = {}, []
     for name in non_digit_sets_for(dataset):
         count = SET_SIZES[name] if limit is None else min(limit, SET_SIZES[name])
         try:
-            sets[name] = make_non_digits(name, count, seed, "benchmark", None if data_dir is None else str(data_dir),
+            sets[name] = make_non_digits(name, count, seed, split, None if data_dir is None else str(data_dir),
                                          download)
         except UserError as e:
             notes.append(f"{NON_DIGIT_SETS[name][0]} left out: {e}")

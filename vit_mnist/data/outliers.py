@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from vit_mnist.data.non_digits import make_non_digits, non_digit_sets_for
+from vit_mnist.data.image_cache import cached_non_digits
+from vit_mnist.data.non_digits import non_digit_sets_for
 from vit_mnist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -16,10 +17,13 @@ log = logging.getLogger(__name__)
 class OutlierPool:
     """`count` images of each of `sets` (None: every non-digit set outside `dataset`'s domain), uint8 (N, 1, 28, 28)
     in MNIST's layout, made by `make_non_digits(..., split="training")`: other random streams and other files than
-    the benchmark's, so no benchmark image is ever trained on. `draw` gives `batch_size` of them at random."""
+    the benchmark's, so no benchmark image is ever trained on. `draw` gives `batch_size` of them at random. With a
+    `cache_dir`, a pool made once is read from there by every later run (vit_mnist.data.image_cache)."""
 
-    def __init__(self, dataset: str, sets: list[str] | None, count: int, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, dataset: str, sets: list[str] | None, count: int, batch_size: int, seed: int = 0,
+                 cache_dir: str | None = None) -> None:
         self.dataset, self.count, self.batch_size, self.seed = dataset, int(count), int(batch_size), int(seed)
+        self.cache_dir = cache_dir
         allowed = non_digit_sets_for(dataset)
         self.sets = list(allowed if sets is None else sets)
         wrong = [name for name in self.sets if name not in allowed]
@@ -37,11 +41,10 @@ class OutlierPool:
         another dataset's images whose files are missing is left out with a warning; none left is a `UserError`."""
         if self.images is not None:
             return self.images
-        started, parts = time.perf_counter(), []
+        started, parts, make = time.perf_counter(), [], cached_non_digits(self.cache_dir)
         for name in self.sets:
             try:
-                parts.append(make_non_digits(name, self.count, self.seed, "training",
-                                             None if data_dir is None else str(data_dir), False))
+                parts.append(make(name, self.count, self.seed, "training", None if data_dir is None else str(data_dir)))
                 self.names.append(name)
             except UserError as e:
                 log.warning("Outlier exposure leaves out the set %s: %s", name, e)
@@ -50,8 +53,9 @@ class OutlierPool:
                             "made. Name generated sets (letters, scribbles, shapes, noise), or put the other "
                             "dataset's files into the data folder.")
         self.images = torch.cat(parts)
-        log.info("Outlier exposure: a pool of %d non-digit images (%s, training streams) made in %.1f s; %d per step",
-                 len(self.images), ", ".join(self.names), time.perf_counter() - started, self.batch_size)
+        log.info("Outlier exposure: a pool of %d non-digit images (%s, training streams) %s in %.1f s; %d per step",
+                 len(self.images), ", ".join(self.names), "made" if self.cache_dir is None else "made or read "
+                 f"from {self.cache_dir}", time.perf_counter() - started, self.batch_size)
         return self.images
 
     def draw(self, device: torch.device) -> torch.Tensor:

@@ -18,6 +18,7 @@ from vit_mnist.ood.thresholds import (
     DIGIT_ACCEPTANCE,
     acceptance_threshold,
     confidence_threshold,
+    loosest_acceptance,
 )
 
 log = logging.getLogger(__name__)
@@ -105,12 +106,15 @@ class FitData:
 
 def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_classes: int,
                   scores: Sequence[str] = tuple(SCORES), temperature: float = 1.0,
-                  held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict[str, OODDetector]:
+                  held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                  outliers: torch.Tensor | None = None) -> dict[str, OODDetector]:
     """A detector for each of `scores`, from one pass over each set of digits: the statistics on `stats`, the
     thresholds on `thresholds` (disjoint digits: a score fitted and thresholded on the same images would accept
     them too easily). `outputs` maps uint8 images to (logits, features); `held_outputs`, when given, are the
-    thresholds' images' already (the after-fit step's one pass over validation). A score that needs features is
-    left out when the network gives none, unless it is the only one asked for (a `UserError`)."""
+    thresholds' images' already (the after-fit step's one pass over validation). With `outliers` (uint8 non-digit
+    check images, never a benchmark's or a training pool's), the score accepts more than DIGIT_ACCEPTANCE of the
+    digits where those stay out of `confident` anyway (`loosest_acceptance`). A score that needs features is left
+    out when the network gives none, unless it is the only one asked for (a `UserError`)."""
     chosen = {name: SCORES[name]() for name in scores}
     needing = [name for name, s in chosen.items() if s.needs_features]
     if needing:
@@ -128,22 +132,30 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
     probs = (logits.double() / temperature).softmax(dim=-1)
     top1, preds = probs.max(dim=-1)
     unsure = confidence_threshold(top1, preds == thresholds.labels.to(preds.device))
-    info = {"threshold_images": len(thresholds.labels), "digit_acceptance": DIGIT_ACCEPTANCE,
-            "confident_precision": CONFIDENT_PRECISION}
+    info = {"threshold_images": len(thresholds.labels), "confident_precision": CONFIDENT_PRECISION}
+    checked = outputs(outliers) if outliers is not None and len(outliers) else None
     detectors = {}
     for name, score in chosen.items():
         detector = OODDetector(score, math.nan, unsure, float(temperature),
                                {"statistics_images": len(stats.labels) if score.needs_features else 0, **info})
-        detector.ood_threshold = acceptance_threshold(detector.scores(logits, features))
+        digit_scores, acceptance = detector.scores(logits, features), DIGIT_ACCEPTANCE
+        if checked is not None:
+            sure = (checked[0].double() / temperature).softmax(dim=-1).max(dim=-1).values >= unsure
+            acceptance, share = loosest_acceptance(digit_scores, detector.scores(*checked), sure)
+            detector.info.update({"outlier_check_images": len(outliers), "outlier_check_confident": share})
+        detector.ood_threshold = acceptance_threshold(digit_scores, acceptance)
+        detector.info["digit_acceptance"] = acceptance
         detectors[name] = detector
     return detectors
 
 
 def fit_detector(outputs: Outputs, stats: FitData, thresholds: FitData, num_classes: int,
                  score: str = DEFAULT_SCORE, temperature: float = 1.0,
-                 held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> OODDetector:
+                 held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                 outliers: torch.Tensor | None = None) -> OODDetector:
     """The detector for `score` (see `fit_detectors`)."""
-    return fit_detectors(outputs, stats, thresholds, num_classes, (score,), temperature, held_outputs)[score]
+    return fit_detectors(outputs, stats, thresholds, num_classes, (score,), temperature, held_outputs,
+                         outliers)[score]
 
 
 def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None) -> tuple[FitData, FitData, str]:

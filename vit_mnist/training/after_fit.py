@@ -8,7 +8,9 @@ import math
 from typing import Any
 
 import lightning as L
+import torch
 
+from vit_mnist.data.non_digits import load_non_digit_sets
 from vit_mnist.errors import UserError
 from vit_mnist.models.outputs import has_features
 from vit_mnist.ood.detector import (
@@ -30,6 +32,8 @@ from vit_mnist.training.module import ViTClassifier
 
 log = logging.getLogger(__name__)
 
+CHECK_IMAGES = 100  # of each non-digit set, that the detector's acceptance is checked on (loosest_acceptance)
+
 
 def images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
     """How many validation images the fit's validation loop saw (limit_val_batches, fast_dev_run); None: all."""
@@ -38,6 +42,18 @@ def images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
         return None
     batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
     return int(sum(batches)) * batch_size * max(1, int(trainer.world_size))
+
+
+def threshold_check_images(datamodule: Any, limit: int | None = None) -> torch.Tensor | None:
+    """Non-digit images for checking the detector's acceptance: CHECK_IMAGES (at most `limit`) of each set outside
+    the data's domain, from their `thresholds` streams (never a benchmark's or an outlier pool's); None when the
+    data module names no dataset or no set can be made."""
+    spec = getattr(datamodule, "spec", None)
+    if spec is None:
+        return None
+    sets, _ = load_non_digit_sets(spec.name, getattr(datamodule, "data_dir", None),
+                                  min(CHECK_IMAGES, limit or CHECK_IMAGES), split="thresholds")
+    return torch.cat(list(sets.values())) if sets else None
 
 
 def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "", *,
@@ -60,7 +76,8 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
         module.load_detector({CHECKPOINT_KEY: detector} if detector is not None else {})
         if detector is not None:
             metrics.update({"verdict/score": detector["score"], "verdict/ood_threshold": detector["ood_threshold"],
-                            "verdict/unsure_threshold": detector["unsure_threshold"]})
+                            "verdict/unsure_threshold": detector["unsure_threshold"],
+                            "verdict/digit_acceptance": detector["info"].get("digit_acceptance")})
     return metrics
 
 
@@ -110,14 +127,16 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         reuse = (held[0][:threshold_n], None if held[1] is None else held[1][:threshold_n]) if threshold_n else None
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
-                                    scorer.temperature, held_outputs=reuse)
+                                    scorer.temperature, held_outputs=reuse,
+                                    outliers=threshold_check_images(datamodule, limit))
         except (UserError, ValueError) as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
         else:
             detector.info["fitted_on"] = where
             state = detector.state_dict()
-            log.info("Out-of-domain detector: %s; %s; out_of_domain above %.4g, unsure below %.4f",
-                     detector.describe(), where, detector.ood_threshold, detector.unsure_threshold)
+            log.info("Out-of-domain detector: %s; %s; out_of_domain above %.4g (%.1f%% of the digits accepted), "
+                     "unsure below %.4f", detector.describe(), where, detector.ood_threshold,
+                     100 * detector.info["digit_acceptance"], detector.unsure_threshold)
     if ckpt is not None and (calibration is not None or state is not None):
         if calibration is not None:
             ckpt["calibration"] = calibration

@@ -29,13 +29,14 @@ def _number(value: Any) -> bool:
 class OutlierExposure:
     """The `outlier_exposure` config: the loss `weight` (0: off), the non-digit `sets` (None: every one outside the
     dataset's domain), `count` images of each in the pool, `batch_size` of them in each training step, the
-    pool's `seed` (its training streams)."""
+    pool's `seed` (its training streams), the folder it is cached in (`cache_dir`; None: made in every run)."""
 
     weight: float = 0.0
     sets: list[str] | None = None
     count: int = 1000
     batch_size: int = 32
     seed: int = 0
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not _number(self.weight) or not 0.0 <= self.weight <= 10.0:
@@ -60,11 +61,11 @@ class OutlierExposure:
 
     def pool(self, dataset: str) -> OutlierPool:
         """The pool of non-digit images for a model of `dataset` (made by the datamodule's setup)."""
-        return OutlierPool(dataset, self.sets, self.count, self.batch_size, self.seed)
+        return OutlierPool(dataset, self.sets, self.count, self.batch_size, self.seed, self.cache_dir)
 
     def hparams(self, pool: OutlierPool) -> dict[str, Any]:
         """What the module and its checkpoint record: these settings with `pool`'s sets resolved."""
-        return {**asdict(self), "sets": pool.sets}
+        return {**{k: v for k, v in asdict(self).items() if k != "cache_dir"}, "sets": pool.sets}
 
 
 def outlier_exposure_from(cfg: DictConfig | None, dataset: str) -> OutlierExposure | None:
@@ -79,7 +80,7 @@ def outlier_exposure_from(cfg: DictConfig | None, dataset: str) -> OutlierExposu
         if cause is not None:
             raise cause from e
         raise UserError(f"Cannot build outlier_exposure from {dict(cfg)}: {e.__cause__ or e}. Its keys are weight, "
-                        "sets, count, batch_size and seed (conf/train.yaml).") from e
+                        "sets, count, batch_size, seed and cache_dir (conf/train.yaml).") from e
     if not isinstance(oe, OutlierExposure):
         raise UserError(f"outlier_exposure._target_ must build a vit_mnist.training.outlier_exposure.OutlierExposure,"
                         f" not {type(oe).__name__}: leave the _target_ of conf/train.yaml as it is.")

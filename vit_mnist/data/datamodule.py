@@ -73,7 +73,7 @@ class MNISTDataModule(LightningDataModule):
         name: str = "mnist",
         data_dir: str = "data",
         batch_size: int = 64,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 100,
         val_size: int = 5000,
         split_seed: int = 12345,
         num_workers: int = 0,

@@ -40,7 +40,7 @@ def images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
     batches = [b for b in (getattr(trainer, "num_val_batches", None) or []) if math.isfinite(b)]
     if not batches:
         return None
-    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
+    batch_size = int(datamodule.hparams.get("eval_batch_size", 100))
     return int(sum(batches)) * batch_size * max(1, int(trainer.world_size))
 
 

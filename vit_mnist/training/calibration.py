@@ -86,7 +86,7 @@ def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, 
                     ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]:
     """uint8 (N, 1, H, W) images -> (logits, pre-head features or None), the logits as the test step computes them
     (vit_mnist.models.outputs.run_network) on the trainer's device and in its precision."""
-    batch_size = int(datamodule.hparams.get("eval_batch_size", 1000))
+    batch_size = int(datamodule.hparams.get("eval_batch_size", 100))
     tta = bool(module.hparams.get("tta", False))
 
     def outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

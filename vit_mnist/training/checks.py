@@ -47,7 +47,7 @@ def validate(cfg: DictConfig) -> None:
         )
     AugmentConfig(**cfg.data.get("augment", {}))  # its own checks
     d = cfg.data
-    check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 1000), d.get("val_size", 5000),
+    check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 100), d.get("val_size", 5000),
                          d.get("num_workers", 0))
     check_training_options(cfg)
     check_loggers(cfg.get("logger"))

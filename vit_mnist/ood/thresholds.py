@@ -8,10 +8,10 @@ import math
 import torch
 
 DIGIT_ACCEPTANCE = 0.99  # validation digits that are not out_of_domain, at least
-# Looser acceptances tried, when non-digit check images show the softmax alone keeps them from `confident` (a model
-# trained with outlier exposure): fewer real digits called out_of_domain (docs/out_of_domain.md, measured).
+# Looser acceptances tried, when non-digit check images show the score's tail catches none of them that the softmax
+# lets through (a model trained with outlier exposure): fewer real digits called out_of_domain (docs/out_of_domain.md)
 ACCEPTANCE_LEVELS = (DIGIT_ACCEPTANCE, 0.995, 0.998)
-OUTLIER_CONFIDENT = 0.02  # the most of the check non-digits a looser acceptance may leave `confident`
+OUTLIER_CONFIDENT_RISE = 0.01  # the most of the check non-digits a looser acceptance may add to `confident`
 CONFIDENT_PRECISION = 0.998  # validation digits called confident that are right
 MIN_CONFIDENCE = 0.5  # below this calibrated top-1 probability an answer is never confident
 
@@ -42,14 +42,15 @@ def confidence_threshold(top1: torch.Tensor, correct: torch.Tensor, precision: f
 
 
 def loosest_acceptance(digit_scores: torch.Tensor, outlier_scores: torch.Tensor, outlier_sure: torch.Tensor,
-                       levels: tuple[float, ...] = ACCEPTANCE_LEVELS, cap: float = OUTLIER_CONFIDENT
+                       levels: tuple[float, ...] = ACCEPTANCE_LEVELS, rise: float = OUTLIER_CONFIDENT_RISE
                        ) -> tuple[float, float]:
-    """The highest of `levels` (digit acceptances, rising; the first is the floor) at which at most `cap` of the
-    non-digit check images would be answered `confident`: sure (`outlier_sure`: top-1 at or above the unsure
-    threshold) and scoring at or under that acceptance's threshold on `digit_scores`. Returns it and that share."""
+    """The highest of `levels` (digit acceptances, rising; the first is the floor) at which at most `rise` more of
+    the non-digit check images are answered `confident` than at the floor: sure (`outlier_sure`: top-1 at or above
+    the unsure threshold) and scoring at or under that acceptance's threshold on `digit_scores`. Returns it and the
+    share of the check images answered `confident` there."""
     sure, scores = outlier_sure.bool().flatten(), outlier_scores.double().flatten()
     shares = [float((sure & (scores <= acceptance_threshold(digit_scores, level))).double().mean()) for level in levels]
     chosen = 0
-    while chosen + 1 < len(levels) and shares[chosen + 1] <= cap:  # a looser level never leaves fewer confident
+    while chosen + 1 < len(levels) and shares[chosen + 1] - shares[0] <= rise + 1e-12:
         chosen += 1
     return levels[chosen], shares[chosen]

@@ -113,7 +113,7 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
     them too easily). `outputs` maps uint8 images to (logits, features); `held_outputs`, when given, are the
     thresholds' images' already (the after-fit step's one pass over validation). With `outliers` (uint8 non-digit
     check images, never a benchmark's or a training pool's), the score accepts more than DIGIT_ACCEPTANCE of the
-    digits where those stay out of `confident` anyway (`loosest_acceptance`). A score that needs features is left
+    digits where that lets hardly more of them through to `confident` (`loosest_acceptance`). A score that needs features is left
     out when the network gives none, unless it is the only one asked for (a `UserError`)."""
     chosen = {name: SCORES[name]() for name in scores}
     needing = [name for name, s in chosen.items() if s.needs_features]

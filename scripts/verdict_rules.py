@@ -11,6 +11,7 @@ thresholds on the same validation digits the training run used (the first 5,000)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -75,13 +76,13 @@ def main(ckpt_path: str, data_dir: str) -> None:
     print(f"temperature {temperature:.4f}, unsure below {unsure:.4f}\n")
     print("| acceptance | flat gate | " + " | ".join(columns) + " |\n|---:|---:|" + "---:|" * len(columns))
     for acceptance, gate in RULES:
-        ood = acceptance_threshold(val_scores, acceptance)
+        rule = dataclasses.replace(detector, ood_threshold=acceptance_threshold(val_scores, acceptance),
+                                   unsure_threshold=unsure)
 
         def verdicts(name: str) -> torch.Tensor:
             probs, scores = seen[name][0]
-            p = probs.max(dim=-1).values
-            codes = torch.where(p < unsure, 1, 0)
-            return torch.where((scores > ood) | (p < gate), 2, codes)
+            codes = rule.verdict_codes(probs, scores)  # the detector's own rule, at these thresholds
+            return torch.where(probs.max(dim=-1).values < gate, 2, codes)  # and the flat gate, when asked
 
         def share(name: str, code: int) -> float:
             return 100 * float((verdicts(name) == code).double().mean())

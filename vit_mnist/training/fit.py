@@ -83,7 +83,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
         dataset=cfg.data.name,
         tta=bool(cfg.get("tta", False)),
         distill=cfg.get("distill"),
-        outlier_exposure=oe.hparams(pool) if oe is not None else None,
+        outlier_exposure=oe.hparams(pool) if pool is not None else None,
     )
     if module.hparams.distill:
         module.attach_teacher(load_teacher(module.hparams.distill["teacher"]))

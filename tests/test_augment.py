@@ -7,6 +7,7 @@ import torch
 
 from tests.builders import digit_like
 from vit_mnist.data.augment import AugmentConfig, augment, handwriting_variation
+from vit_mnist.data.writer_shift import writer_shifted
 from vit_mnist.errors import UserError
 from vit_mnist.models.vit import BackgroundNorm
 
@@ -111,3 +112,13 @@ def test_background_norm_is_the_grey_level_top_hat_of_a_square_window() -> None:
     tophat = x - F.max_pool2d(eroded, 9, stride=1, padding=4)
     expected = (tophat / tophat.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-3) - 0.1307) / 0.3081
     assert torch.equal(BackgroundNorm()(x), expected)
+
+
+def test_the_writer_shift_redraws_every_digit_the_same_way_for_a_seed() -> None:
+    digits = digit_like(64, seed=3)
+    shifted = writer_shifted(digits)
+    assert shifted.dtype == torch.uint8 and shifted.shape == digits.shape
+    assert torch.equal(shifted, writer_shifted(digits))  # a re-fit of the detector gets the same threshold
+    assert not torch.equal(shifted, writer_shifted(digits, seed=1))
+    changed = (shifted.float() - digits.float()).abs().flatten(1).amax(dim=1) > 0
+    assert bool(changed.all())  # every image, not half of them (handwriting_p is 1)

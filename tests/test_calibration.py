@@ -27,6 +27,7 @@ from vit_mnist.inference.export import export, read_onnx_metadata
 from vit_mnist.inference.files import predict_files
 from vit_mnist.inference.web import create_app
 from vit_mnist.models.tta import tta_logits
+from vit_mnist.ood.detector import UNSURE_ON
 from vit_mnist.training.calibration import fit_temperature, nll
 from vit_mnist.training.checkpoints import (
     load_module,
@@ -296,9 +297,18 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     noise = np.random.default_rng(0).integers(0, 256, (4, 28, 28), dtype=np.uint8)
     verdicts = predictor.answer(np.stack([predictor.prepare(image)[0] for image in noise])).verdicts
     assert set(verdicts) <= {"confident", "unsure", "out_of_domain"} and "out_of_domain" in verdicts
+    assert after["ood_detector"]["info"]["unsure_fixed_on"] == UNSURE_ON["clean"]
+
+    # the confidence fixed on the same digits drawn as other writers': recorded, the rest of the detector as before
+    calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
+                                         "data.eval_batch_size=100", "verdict_unsure_on=writer_shift"],
+                                        tmp_path / "cal2", "calibrate"))
+    shifted = torch.load(ckpt, weights_only=True)["ood_detector"]
+    assert shifted["info"]["unsure_fixed_on"] == UNSURE_ON["writer_shift"]
+    assert shifted["info"]["statistics_images"] == after["ood_detector"]["info"]["statistics_images"]
 
 
-@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit"])
+@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on"])
 def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.evaluation.calibrate import calibrate_checkpoint
 
@@ -309,6 +319,9 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     elif case == "nothing_to_fit":
         torch.save({"weights": torch.zeros(3)}, path)
         extra = ["calibrate=false", "verdicts=false"]
+    elif case == "unsure_on":
+        torch.save({"weights": torch.zeros(3)}, path)
+        extra = ["verdict_unsure_on=writers"]
     before = path.read_bytes() if path.exists() else None
     cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", *extra],
                          tmp_path / "cal", "calibrate")
@@ -316,5 +329,6 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
         calibrate_checkpoint(cfg)
     message = str(raised.value)
     assert "\n" not in message.strip() and len(message) > 40
-    assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit"}[case] in message
+    assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit",
+            "unsure_on": "verdict_unsure_on='writers'"}[case] in message
     assert (path.read_bytes() if path.exists() else None) == before

@@ -17,7 +17,14 @@ from vit_mnist.models.cnn import CNNConfig, SmallCNN
 from vit_mnist.models.outputs import logits_and_features
 from vit_mnist.models.tta import tta_logits
 from vit_mnist.models.vit import VisionTransformer, ViTConfig
-from vit_mnist.ood.detector import FitData, OODDetector, fit_detectors, split_fit_data
+from vit_mnist.ood.detector import (
+    UNSURE_ON,
+    FitData,
+    OODDetector,
+    check_unsure_on,
+    fit_detectors,
+    split_fit_data,
+)
 from vit_mnist.ood.scores import (
     SCORES,
     Energy,
@@ -162,6 +169,44 @@ def test_the_confidence_threshold_keeps_the_confident_answers_right() -> None:
     assert 0.75 < t <= 0.80  # just above most of the wrong ones: every threshold lower lets too many through
     assert confidence_threshold(top1, correct, precision=0.9) == 0.5  # the floor: below it nothing is confident
     assert confidence_threshold(torch.tensor([0.9, 0.8]), torch.tensor([False, True]), 0.99) == math.inf
+
+
+def answers_at(top1: torch.Tensor, labels: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """Logits (N, 10) whose softmax gives each row's answer the probability `top1`: `labels`, or the next class
+    where `wrong`."""
+    answer = torch.where(wrong, (labels + 1) % 10, labels)
+    logits = torch.zeros(len(labels), 10, dtype=torch.float64)
+    logits[torch.arange(len(labels)), answer] = torch.log(top1.double() * 9 / (1 - top1.double()))
+    return logits
+
+
+def test_the_unsure_threshold_can_be_fixed_on_shifted_digits() -> None:
+    labels = torch.arange(1000) % 10
+    images = torch.zeros(1000, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0, 0] = labels
+    digits = FitData(images, labels)
+
+    top1 = torch.linspace(0.5, 0.999, 1000)
+
+    def outputs(images: torch.Tensor) -> tuple[torch.Tensor, None]:  # every digit as it is right, however sure
+        return answers_at(top1, images[:, 0, 0, 0].long(), torch.zeros(len(images), dtype=torch.bool)), None
+
+    # the same digits shifted: the same probabilities, every answer under 0.9 wrong
+    shifted = answers_at(top1, labels, top1 < 0.9)
+    clean = fit_detectors(outputs, digits, digits, 10, ("msp",))["msp"]
+    moved = fit_detectors(outputs, digits, digits, 10, ("msp",), confidence_on=(shifted, labels, "shifted"))["msp"]
+    assert clean.unsure_threshold == 0.5 and clean.info["unsure_fixed_on"] == "validation digits"
+    assert moved.info["unsure_fixed_on"] == "shifted"
+    assert moved.unsure_threshold == pytest.approx(float(top1[top1 >= 0.9][0]), rel=1e-6)
+    # only the confidence moves: the out-of-domain threshold is fixed on the digits as they are
+    assert moved.ood_threshold == clean.ood_threshold
+
+
+def test_unsure_on_takes_its_names_and_refuses_others() -> None:
+    assert check_unsure_on(None) == "clean" and check_unsure_on("writer_shift") == "writer_shift"
+    assert set(UNSURE_ON) == {"clean", "writer_shift"}
+    with pytest.raises(UserError, match=r"verdict_unsure_on='writers' is not one of \['clean', 'writer_shift'\]"):
+        check_unsure_on("writers")
 
 
 def detector(**kwargs) -> OODDetector:

@@ -229,8 +229,8 @@ def test_old_checkpoints_keep_their_layout() -> None:
     assert not any(n.startswith(("dist_token", "head_dist", "attention_pool")) or "log_temperature" in n for n in names)
 
 
-@pytest.mark.parametrize("args", [[*OPTIONS["spt"], *OPTIONS["lsa"]], [*OPTIONS["seq"], "experiment=robust_vit"]],
-                         ids=["spt+lsa", "robust_vit+seq"])
+@pytest.mark.parametrize("args", [[*OPTIONS["spt"], *OPTIONS["lsa"]], ["experiment=robust_vit"]],
+                         ids=["spt+lsa", "robust_vit"])
 def test_cli_debug_runs(args: list[str], data_dir: Path, tmp_path: Path, run_in_process) -> None:
     result = run_in_process("vit_mnist.train", *args, "debug=fdr", "data.val_size=100", "data.download=false",
                             "model.hidden_dim=32", "model.depth=1", "model.heads=2",

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule
-from vit_mnist.ood.detector import check_score
+from vit_mnist.ood.detector import check_score, check_unsure_on
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer
 from vit_mnist.training.after_fit import fit_after_training
@@ -30,6 +30,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if not (cfg.get("calibrate", True) or cfg.get("verdicts", True)):
         raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
     check_score(cfg.get("ood_score"))
+    check_unsure_on(cfg.get("verdict_unsure_on"))
     check_accelerator(cfg.trainer)
     path = str(Path(str(cfg.ckpt_path)).expanduser())
     ckpt = read_checkpoint(path)
@@ -41,7 +42,8 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                             enable_model_summary=False)
     metrics: dict[str, Any] = {"ckpt_path": path}
     metrics.update(fit_after_training(trainer, module, datamodule, path, calibrate=bool(cfg.get("calibrate", True)),
-                                      verdicts=bool(cfg.get("verdicts", True)), score=cfg.get("ood_score")))
+                                      verdicts=bool(cfg.get("verdicts", True)), score=cfg.get("ood_score"),
+                                      unsure_on=cfg.get("verdict_unsure_on")))
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     said = []

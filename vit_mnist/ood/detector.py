@@ -96,6 +96,23 @@ def check_score(score: Any) -> str | None:
     return _check_score(score, DEFAULT_SCORE)
 
 
+# what the unsure threshold is fixed on: the validation digits as they are, or the same drawn as another writer,
+# pen and scanner might have made them (vit_mnist.data.writer_shift): fewer answers confident, and those right more
+# often on other people's handwriting (docs/out_of_domain.md#confidence-fixed-on-shifted-digits)
+UNSURE_ON = {"clean": "validation digits", "writer_shift": "validation digits drawn as other writers' (writer shift)"}
+
+
+def check_unsure_on(value: Any) -> str:
+    """`value` (None: clean) if it is one of UNSURE_ON; a one-paragraph `UserError` otherwise."""
+    value = "clean" if value is None else value
+    if value not in UNSURE_ON:
+        raise UserError(f"verdict_unsure_on={value!r} is not one of {list(UNSURE_ON)}: `clean` fixes the confidence "
+                        "threshold of the verdicts on the validation digits as they are, `writer_shift` on the same "
+                        "digits drawn as another writer might have made them (fewer answers confident, right more "
+                        "often on other people's handwriting; docs/out_of_domain.md).")
+    return value
+
+
 @dataclass
 class FitData:
     """Digits a detector is fitted on: images (uint8 (N, 1, H, W)) and their labels."""
@@ -107,14 +124,17 @@ class FitData:
 def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_classes: int,
                   scores: Sequence[str] = tuple(SCORES), temperature: float = 1.0,
                   held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-                  outliers: torch.Tensor | None = None) -> dict[str, OODDetector]:
+                  outliers: torch.Tensor | None = None,
+                  confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> dict[str, OODDetector]:
     """A detector for each of `scores`, from one pass over each set of digits: the statistics on `stats`, the
     thresholds on `thresholds` (disjoint digits: a score fitted and thresholded on the same images would accept
     them too easily). `outputs` maps uint8 images to (logits, features); `held_outputs`, when given, are the
     thresholds' images' already (the after-fit step's one pass over validation). With `outliers` (uint8 non-digit
     check images, never a benchmark's or a training pool's), the score accepts more than DIGIT_ACCEPTANCE of the
-    digits where that lets hardly more of them through to `confident` (`loosest_acceptance`). A score that needs features is left
-    out when the network gives none, unless it is the only one asked for (a `UserError`)."""
+    digits where that lets hardly more of them through to `confident` (`loosest_acceptance`). `confidence_on`
+    ((logits, labels, what they are)) fixes the unsure threshold on other digits than the thresholds' own (e.g. the
+    same drawn as another writer might have). A score that needs features is left out when the network gives none,
+    unless it is the only one asked for (a `UserError`)."""
     chosen = {name: SCORES[name]() for name in scores}
     needing = [name for name, s in chosen.items() if s.needs_features]
     if needing:
@@ -129,10 +149,11 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
             else:
                 chosen[name].fit(features, stats.labels, num_classes)
     logits, features = held_outputs if held_outputs is not None else outputs(thresholds.images)
-    probs = (logits.double() / temperature).softmax(dim=-1)
-    top1, preds = probs.max(dim=-1)
-    unsure = confidence_threshold(top1, preds == thresholds.labels.to(preds.device))
-    info = {"threshold_images": len(thresholds.labels), "confident_precision": CONFIDENT_PRECISION}
+    sure_logits, sure_labels, unsure_on = confidence_on or (logits, thresholds.labels, "validation digits")
+    top1, preds = (sure_logits.double() / temperature).softmax(dim=-1).max(dim=-1)
+    unsure = confidence_threshold(top1, preds == sure_labels.to(preds.device))
+    info = {"threshold_images": len(thresholds.labels), "confident_precision": CONFIDENT_PRECISION,
+            "unsure_fixed_on": unsure_on}
     checked = outputs(outliers) if outliers is not None and len(outliers) else None
     detectors = {}
     for name, score in chosen.items():
@@ -152,10 +173,11 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
 def fit_detector(outputs: Outputs, stats: FitData, thresholds: FitData, num_classes: int,
                  score: str = DEFAULT_SCORE, temperature: float = 1.0,
                  held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-                 outliers: torch.Tensor | None = None) -> OODDetector:
+                 outliers: torch.Tensor | None = None,
+                 confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> OODDetector:
     """The detector for `score` (see `fit_detectors`)."""
     return fit_detectors(outputs, stats, thresholds, num_classes, (score,), temperature, held_outputs,
-                         outliers)[score]
+                         outliers, confidence_on)[score]
 
 
 def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None) -> tuple[FitData, FitData, str]:

@@ -11,12 +11,15 @@ import lightning as L
 import torch
 
 from vit_mnist.data.non_digits import load_non_digit_sets
+from vit_mnist.data.writer_shift import writer_shifted
 from vit_mnist.errors import UserError
 from vit_mnist.models.outputs import has_features
 from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
     DEFAULT_SCORE,
+    UNSURE_ON,
     check_score,
+    check_unsure_on,
     fit_data_from,
     fit_detector,
     split_fit_data,
@@ -58,12 +61,13 @@ def threshold_check_images(datamodule: Any, limit: int | None = None) -> torch.T
 
 def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "", *,
                        calibrate: bool = True, verdicts: bool = True, score: str | None = None,
-                       limit: int | None = None) -> dict[str, Any]:
+                       limit: int | None = None, unsure_on: str | None = None) -> dict[str, Any]:
     """After `trainer.fit`: on global rank zero, the temperature (`calibrate`) and then the detector at that
-    temperature (`verdicts`), from the weights of `ckpt_path` (else the in-memory `module`), stored in that file in
-    one write; on every rank, both given to `module`. Returns the `calibration/*` and `verdict/*` metrics."""
-    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, score, limit) \
-        if trainer.is_global_zero else None
+    temperature (`verdicts`; its unsure threshold fixed on `unsure_on`, one of UNSURE_ON), from the weights of
+    `ckpt_path` (else the in-memory `module`), stored in that file in one write; on every rank, both given to
+    `module`. Returns the `calibration/*` and `verdict/*` metrics."""
+    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, score, limit,
+                  check_unsure_on(unsure_on)) if trainer.is_global_zero else None
     calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
     metrics: dict[str, Any] = {}
     if calibrate:
@@ -82,7 +86,8 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
 
 
 def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: bool, verdicts: bool,
-         score: str | None, limit: int | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+         score: str | None, limit: int | None, unsure_on: str
+         ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(calibration, detector state), each None when not asked for or nothing to fit on; written into `ckpt_path`.
 
     One pass of the network over the validation images serves both: the temperature is fitted on those the fit's
@@ -125,10 +130,14 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
     if plan is not None:
         stats, thresholds, where = plan
         reuse = (held[0][:threshold_n], None if held[1] is None else held[1][:threshold_n]) if threshold_n else None
+        confidence_on = None
+        if unsure_on == "writer_shift":  # the same digits, drawn as another writer might have made them
+            shifted_logits = outputs(writer_shifted(thresholds.images))[0]
+            confidence_on = (shifted_logits, thresholds.labels, UNSURE_ON[unsure_on])
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
                                     scorer.temperature, held_outputs=reuse,
-                                    outliers=threshold_check_images(datamodule, limit))
+                                    outliers=threshold_check_images(datamodule, limit), confidence_on=confidence_on)
         except (UserError, ValueError) as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
         else:

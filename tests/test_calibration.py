@@ -301,14 +301,16 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
 
     # the confidence fixed on the same digits drawn as other writers': recorded, the rest of the detector as before
     calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
-                                         "data.eval_batch_size=100", "verdict_unsure_on=writer_shift"],
+                                         "data.eval_batch_size=100", "verdict_unsure_on=writer_shift",
+                                         "verdict_flat_gate=0.12"],
                                         tmp_path / "cal2", "calibrate"))
     shifted = torch.load(ckpt, weights_only=True)["ood_detector"]
-    assert shifted["info"]["unsure_fixed_on"] == UNSURE_ON["writer_shift"]
+    assert shifted["info"]["unsure_fixed_on"] == UNSURE_ON["writer_shift"] and shifted["flat_threshold"] == 0.12
+    assert after["ood_detector"]["flat_threshold"] == 0.0
     assert shifted["info"]["statistics_images"] == after["ood_detector"]["info"]["statistics_images"]
 
 
-@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on"])
+@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on", "flat_gate"])
 def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.evaluation.calibrate import calibrate_checkpoint
 
@@ -319,9 +321,9 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     elif case == "nothing_to_fit":
         torch.save({"weights": torch.zeros(3)}, path)
         extra = ["calibrate=false", "verdicts=false"]
-    elif case == "unsure_on":
+    elif case in ("unsure_on", "flat_gate"):
         torch.save({"weights": torch.zeros(3)}, path)
-        extra = ["verdict_unsure_on=writers"]
+        extra = ["verdict_unsure_on=writers" if case == "unsure_on" else "verdict_flat_gate=0.7"]
     before = path.read_bytes() if path.exists() else None
     cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", *extra],
                          tmp_path / "cal", "calibrate")
@@ -330,5 +332,5 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     message = str(raised.value)
     assert "\n" not in message.strip() and len(message) > 40
     assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit",
-            "unsure_on": "verdict_unsure_on='writers'"}[case] in message
+            "unsure_on": "verdict_unsure_on='writers'", "flat_gate": "verdict_flat_gate=0.7"}[case] in message
     assert (path.read_bytes() if path.exists() else None) == before

@@ -105,12 +105,17 @@ def test_onnx_parity_on_256_real_mnist_test_images(tmp_path: Path) -> None:
     assert_onnx_matches_pytorch(Path(summary["output"]), ckpt, x)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_the_exported_verdicts_equal_predict_s_on_digits_and_non_digits(fmt: str, ckpt: Path, data_dir: Path,
-                                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fmt", "gate"), [("onnx", 0.0), ("torchscript", 0.0), ("onnx", 0.3)],
+                         ids=["onnx", "torchscript", "onnx-flat-gate"])
+def test_the_exported_verdicts_equal_predict_s_on_digits_and_non_digits(fmt: str, gate: float, ckpt: Path,
+                                                                        data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.data.non_digits import make_non_digits
     from vit_mnist.inference.predictor import Predictor
 
+    if gate:  # the flat-softmax gate in the graph too
+        state = torch.load(ckpt, weights_only=True)
+        state["ood_detector"]["flat_threshold"] = gate
+        torch.save(state, ckpt := tmp_path / "gated.ckpt")
     predictor = Predictor.from_checkpoint(ckpt)
     assert predictor.detector is not None  # the shared tiny run fitted one: the graph carries it
     letters = make_non_digits("letters", 24, 0, "benchmark")  # already in MNIST's layout, as predict makes images
@@ -130,3 +135,4 @@ def test_the_exported_verdicts_equal_predict_s_on_digits_and_non_digits(fmt: str
     assert exported == predictor.answer(batch.numpy()).verdicts
     assert "out_of_domain" in exported and codes.dtype == np.int64  # the letters are not all taken for digits
     assert "Mahalanobis" in meta["verdict_detector"]
+    assert (f"or below a calibrated top-1 probability of {gate:g}" in meta["verdict_detector"]) is bool(gate)

@@ -21,6 +21,7 @@ from vit_mnist.ood.detector import (
     UNSURE_ON,
     FitData,
     OODDetector,
+    check_flat_gate,
     check_unsure_on,
     fit_detectors,
     split_fit_data,
@@ -221,9 +222,25 @@ def test_verdicts_follow_the_thresholds() -> None:
     assert detector(unsure=math.inf).verdicts(probs[:1], scores[:1]) == ["unsure"]
 
 
+def test_the_flat_gate_rejects_answers_barely_surer_than_chance() -> None:
+    flat = torch.full((1, 10), 0.1, dtype=torch.float64)
+    probs = torch.cat([flat, torch.eye(10, dtype=torch.float64)[:1] * 0.98 + 0.002, flat + torch.eye(10)[:1] * 0.01])
+    scores = torch.full((3,), -9.0)  # every score in domain: only the softmax can tell
+    assert detector().verdicts(probs, scores) == ["unsure", "confident", "unsure"]
+    gated = detector()
+    gated.flat_threshold = 0.105
+    assert gated.verdicts(probs, scores) == ["out_of_domain", "confident", "unsure"]  # top-1 0.1 under, 0.109 over
+    assert "or below a calibrated top-1 probability of 0.105" in gated.describe_thresholds()
+    assert "below a calibrated top-1 probability of 0.105" not in detector().describe_thresholds()
+    assert check_flat_gate(None) == 0.0 and check_flat_gate("0.12") == 0.12
+    for bad in (0.5, -0.1, "high"):
+        with pytest.raises(UserError, match=r"verdict_flat_gate=.* is not a probability in \[0, 0.5\)"):
+            check_flat_gate(bad)
+
+
 def test_the_detector_goes_into_a_checkpoint_and_back(tmp_path: Path) -> None:
     means, precision = torch.randn(10, 4), torch.eye(4) * 2
-    original = OODDetector(Mahalanobis(means, precision), 123.5, 0.75, 0.8, {"threshold_images": 50})
+    original = OODDetector(Mahalanobis(means, precision), 123.5, 0.75, 0.8, {"threshold_images": 50}, 0.12)
     path = tmp_path / "d.pt"
     torch.save({"ood_detector": original.state_dict()}, path)
     state = torch.load(path, weights_only=True)["ood_detector"]  # plain data: loads without running code
@@ -231,10 +248,12 @@ def test_the_detector_goes_into_a_checkpoint_and_back(tmp_path: Path) -> None:
     assert (back.name, back.ood_threshold, back.unsure_threshold, back.temperature) == ("mahalanobis", 123.5, 0.75,
                                                                                         pytest.approx(0.8))
     assert torch.equal(back.score.class_means, means) and torch.equal(back.score.precision, precision)
+    assert back.flat_threshold == pytest.approx(0.12)
+    assert OODDetector.from_state({k: v for k, v in state.items() if k != "flat_threshold"}).flat_threshold == 0.0
     features = torch.randn(6, 4)
     assert torch.allclose(back.scores(torch.zeros(6, 10), features), original.scores(torch.zeros(6, 10), features))
     for broken in ({**state, "score": "magic"}, {**state, "precision": torch.eye(3)}, {"score": "energy"},
-                   {**state, "temperature": -1.0}):
+                   {**state, "temperature": -1.0}, {**state, "flat_threshold": 0.9}):
         with pytest.raises(UserError, match="out-of-domain detector is damaged"):
             OODDetector.from_state(broken)
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule
-from vit_mnist.ood.detector import check_score, check_unsure_on
+from vit_mnist.ood.detector import check_flat_gate, check_score, check_unsure_on
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer
 from vit_mnist.training.after_fit import fit_after_training
@@ -31,6 +31,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
     check_score(cfg.get("ood_score"))
     check_unsure_on(cfg.get("verdict_unsure_on"))
+    check_flat_gate(cfg.get("verdict_flat_gate"))
     check_accelerator(cfg.trainer)
     path = str(Path(str(cfg.ckpt_path)).expanduser())
     ckpt = read_checkpoint(path)
@@ -43,7 +44,8 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"ckpt_path": path}
     metrics.update(fit_after_training(trainer, module, datamodule, path, calibrate=bool(cfg.get("calibrate", True)),
                                       verdicts=bool(cfg.get("verdicts", True)), score=cfg.get("ood_score"),
-                                      unsure_on=cfg.get("verdict_unsure_on")))
+                                      unsure_on=cfg.get("verdict_unsure_on"),
+                                      flat_gate=cfg.get("verdict_flat_gate")))
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     said = []

@@ -71,8 +71,7 @@ def metadata(predictor: Predictor, ckpt_path: Path) -> dict[str, str]:
                     + "; probabilities: softmax(logits / temperature), calibrated; verdict: int64 [batch], an index "
                     "into verdict_codes"),
         "verdict_codes": json.dumps(dict(enumerate(VERDICTS))),
-        "verdict_detector": (f"{predictor.detector.describe()}: out_of_domain above {predictor.detector.ood_threshold:.6g}, "
-                             f"unsure below a calibrated top-1 probability of {predictor.detector.unsure_threshold:.6g}"
+        "verdict_detector": (f"{predictor.detector.describe()}: {predictor.detector.describe_thresholds()}"
                              if predictor.detector is not None else
                              f"none in the checkpoint: unsure below a calibrated top-1 probability of {MIN_CONFIDENCE}, "
                              "never out_of_domain (python -m vit_mnist.calibrate fits one)"),

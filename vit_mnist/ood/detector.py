@@ -16,6 +16,7 @@ from vit_mnist.ood.scores import check_score as _check_score
 from vit_mnist.ood.thresholds import (
     CONFIDENT_PRECISION,
     DIGIT_ACCEPTANCE,
+    MIN_CONFIDENCE,
     acceptance_threshold,
     confidence_threshold,
     loosest_acceptance,
@@ -36,15 +37,17 @@ Outputs = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 @dataclass
 class OODDetector:
     """A score (with its statistics) and the thresholds fixed on validation data: an image scoring above
-    `ood_threshold` is `out_of_domain`; else a calibrated top-1 probability below `unsure_threshold` is `unsure`;
-    else `confident`. The probabilities it judges are softmax(logits / `temperature`), the calibration it was
-    fitted at. It goes into a checkpoint (CHECKPOINT_KEY) as `state_dict()` and comes back with `from_state`."""
+    `ood_threshold`, or whose calibrated top-1 probability is below `flat_threshold` (0: no such gate), is
+    `out_of_domain`; else a top-1 probability below `unsure_threshold` is `unsure`; else `confident`. The
+    probabilities it judges are softmax(logits / `temperature`), the calibration it was fitted at. It goes into a
+    checkpoint (CHECKPOINT_KEY) as `state_dict()` and comes back with `from_state`."""
 
     score: Score
     ood_threshold: float
     unsure_threshold: float
     temperature: float = 1.0  # the calibration the msp score and the probabilities use
     info: dict[str, Any] = field(default_factory=dict)  # what it was fitted on (counts, targets)
+    flat_threshold: float = 0.0  # an answer barely surer than chance is no digit's (verdict_flat_gate)
 
     @property
     def name(self) -> str:
@@ -65,27 +68,36 @@ class OODDetector:
 
     def verdict_codes(self, probs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The verdicts as indices into VERDICTS (N,)."""
-        codes = torch.where(probs.max(dim=-1).values.double() < self.unsure_threshold, 1, 0)
-        return torch.where(scores.double().flatten() > self.ood_threshold, 2, codes)
+        top1 = probs.max(dim=-1).values.double()
+        codes = torch.where(top1 < self.unsure_threshold, 1, 0)
+        rejected = (scores.double().flatten() > self.ood_threshold) | (top1 < self.flat_threshold)
+        return torch.where(rejected, 2, codes)
+
+    def describe_thresholds(self) -> str:
+        """The rule in words, with its numbers."""
+        flat = f" or below a calibrated top-1 probability of {self.flat_threshold:.6g}" if self.flat_threshold else ""
+        return (f"out_of_domain above {self.ood_threshold:.6g}{flat}, unsure below a calibrated top-1 probability of "
+                f"{self.unsure_threshold:.6g}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"score": self.name, "ood_threshold": float(self.ood_threshold),
                 "unsure_threshold": float(self.unsure_threshold), "temperature": float(self.temperature),
-                "info": dict(self.info), **self.score.state_dict()}
+                "flat_threshold": float(self.flat_threshold), "info": dict(self.info), **self.score.state_dict()}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> OODDetector:
         """The detector `state_dict()` saved; a `UserError` when the state is damaged."""
         try:
             numbers = [float(state[k]) for k in ("ood_threshold", "unsure_threshold", "temperature")]
-            if any(math.isnan(v) for v in numbers) or numbers[2] <= 0:
-                raise ValueError("a threshold is NaN or the temperature is not positive")
+            flat = float(state.get("flat_threshold", 0.0))  # none before the gate existed
+            if any(math.isnan(v) for v in numbers) or numbers[2] <= 0 or not 0.0 <= flat < MIN_CONFIDENCE:
+                raise ValueError("a threshold is NaN or out of range, or the temperature is not positive")
             score = SCORES[str(state["score"])].from_state(state)
         except (KeyError, TypeError, ValueError):
             raise UserError("The checkpoint's out-of-domain detector is damaged (missing or invalid score, thresholds "
                             "or statistics): the file was edited or comes from another version of vit-mnist. "
                             "Retrain, or give another checkpoint.") from None
-        return cls(score, *numbers, info=dict(state.get("info") or {}))
+        return cls(score, *numbers, info=dict(state.get("info") or {}), flat_threshold=flat)
 
     def describe(self) -> str:
         return self.score.describe(self.temperature)
@@ -100,6 +112,20 @@ def check_score(score: Any) -> str | None:
 # pen and scanner might have made them (vit_mnist.data.writer_shift): fewer answers confident, and those right more
 # often on other people's handwriting (docs/out_of_domain.md#confidence-fixed-on-shifted-digits)
 UNSURE_ON = {"clean": "validation digits", "writer_shift": "validation digits drawn as other writers' (writer shift)"}
+
+
+def check_flat_gate(value: Any) -> float:
+    """`value` (None: 0, no gate) as a top-1 probability in [0, MIN_CONFIDENCE); a one-paragraph `UserError`
+    otherwise."""
+    try:
+        gate = 0.0 if value is None else float(value)
+    except (TypeError, ValueError):
+        gate = math.nan
+    if not 0.0 <= gate < MIN_CONFIDENCE:
+        raise UserError(f"verdict_flat_gate={value!r} is not a probability in [0, {MIN_CONFIDENCE}): answers whose "
+                        "calibrated top-1 probability is below it are out_of_domain (barely surer than chance over "
+                        "the classes, e.g. 0.12 for 10 digits); 0 turns the gate off (docs/out_of_domain.md).")
+    return gate
 
 
 def check_unsure_on(value: Any) -> str:
@@ -125,7 +151,8 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
                   scores: Sequence[str] = tuple(SCORES), temperature: float = 1.0,
                   held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                   outliers: torch.Tensor | None = None,
-                  confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> dict[str, OODDetector]:
+                  confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+                  flat_gate: float = 0.0) -> dict[str, OODDetector]:
     """A detector for each of `scores`, from one pass over each set of digits: the statistics on `stats`, the
     thresholds on `thresholds` (disjoint digits: a score fitted and thresholded on the same images would accept
     them too easily). `outputs` maps uint8 images to (logits, features); `held_outputs`, when given, are the
@@ -133,8 +160,8 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
     check images, never a benchmark's or a training pool's), the score accepts more than DIGIT_ACCEPTANCE of the
     digits where that lets hardly more of them through to `confident` (`loosest_acceptance`). `confidence_on`
     ((logits, labels, what they are)) fixes the unsure threshold on other digits than the thresholds' own (e.g. the
-    same drawn as another writer might have). A score that needs features is left out when the network gives none,
-    unless it is the only one asked for (a `UserError`)."""
+    same drawn as another writer might have); `flat_gate` is the detectors' `flat_threshold`. A score that needs
+    features is left out when the network gives none, unless it is the only one asked for (a `UserError`)."""
     chosen = {name: SCORES[name]() for name in scores}
     needing = [name for name, s in chosen.items() if s.needs_features]
     if needing:
@@ -158,7 +185,8 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
     detectors = {}
     for name, score in chosen.items():
         detector = OODDetector(score, math.nan, unsure, float(temperature),
-                               {"statistics_images": len(stats.labels) if score.needs_features else 0, **info})
+                               {"statistics_images": len(stats.labels) if score.needs_features else 0, **info},
+                               check_flat_gate(flat_gate))
         digit_scores, acceptance = detector.scores(logits, features), DIGIT_ACCEPTANCE
         if checked is not None:
             sure = (checked[0].double() / temperature).softmax(dim=-1).max(dim=-1).values >= unsure
@@ -174,10 +202,11 @@ def fit_detector(outputs: Outputs, stats: FitData, thresholds: FitData, num_clas
                  score: str = DEFAULT_SCORE, temperature: float = 1.0,
                  held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                  outliers: torch.Tensor | None = None,
-                 confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> OODDetector:
+                 confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+                 flat_gate: float = 0.0) -> OODDetector:
     """The detector for `score` (see `fit_detectors`)."""
     return fit_detectors(outputs, stats, thresholds, num_classes, (score,), temperature, held_outputs,
-                         outliers, confidence_on)[score]
+                         outliers, confidence_on, flat_gate)[score]
 
 
 def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None) -> tuple[FitData, FitData, str]:

@@ -170,8 +170,9 @@ def ood_markdown(results: Sequence[Any]) -> str:
     lines += ["", "| model | detector | thresholds |", "|---|---|---|"]
     for r in models:
         t = r.ood.thresholds
-        lines.append(f"| {r.name} | {r.ood.source} | out_of_domain above {t['out_of_domain']:.4g}; unsure below a "
-                     f"top-1 probability of {t['unsure']:.4g} |")
+        flat = f" or a top-1 probability below {t['flat']:.4g}" if t.get("flat") else ""
+        lines.append(f"| {r.name} | {r.ood.source} | out_of_domain above {t['out_of_domain']:.4g}{flat}; unsure below "
+                     f"a top-1 probability of {t['unsure']:.4g} |")
     lines += ["", "Sets: " + "; ".join(f"{label[k]} = {NON_DIGIT_SETS[k][1]} ({models[0].ood.sizes.get(k, 0)} images)"
                                        for k in sets if k in NON_DIGIT_SETS) + "."]
     notes = list(dict.fromkeys(n for r in models for n in r.ood.notes))

@@ -135,7 +135,8 @@ class OODMeter:
     def __init__(self, detector: OODDetector, source: str, others: Mapping[str, OODDetector] | None = None):
         self.detectors = {detector.name: detector, **{k: d for k, d in (others or {}).items() if k != detector.name}}
         self.results = {k: OODResult(k, source if k == detector.name else "fitted with it on the same images",
-                                     {"out_of_domain": d.ood_threshold, "unsure": d.unsure_threshold})
+                                     {"out_of_domain": d.ood_threshold, "unsure": d.unsure_threshold,
+                                      **({"flat": d.flat_threshold} if d.flat_threshold else {})})
                         for k, d in self.detectors.items()}
         self.main = detector.name
         self.clean: dict[str, torch.Tensor] = {}

@@ -18,6 +18,7 @@ from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
     DEFAULT_SCORE,
     UNSURE_ON,
+    check_flat_gate,
     check_score,
     check_unsure_on,
     fit_data_from,
@@ -61,13 +62,15 @@ def threshold_check_images(datamodule: Any, limit: int | None = None) -> torch.T
 
 def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "", *,
                        calibrate: bool = True, verdicts: bool = True, score: str | None = None,
-                       limit: int | None = None, unsure_on: str | None = None) -> dict[str, Any]:
+                       limit: int | None = None, unsure_on: str | None = None,
+                       flat_gate: float | None = None) -> dict[str, Any]:
     """After `trainer.fit`: on global rank zero, the temperature (`calibrate`) and then the detector at that
-    temperature (`verdicts`; its unsure threshold fixed on `unsure_on`, one of UNSURE_ON), from the weights of
+    temperature (`verdicts`; its unsure threshold fixed on `unsure_on`, one of UNSURE_ON, and answers under
+    `flat_gate` out_of_domain), from the weights of
     `ckpt_path` (else the in-memory `module`), stored in that file in one write; on every rank, both given to
     `module`. Returns the `calibration/*` and `verdict/*` metrics."""
     fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, score, limit,
-                  check_unsure_on(unsure_on)) if trainer.is_global_zero else None
+                  check_unsure_on(unsure_on), check_flat_gate(flat_gate)) if trainer.is_global_zero else None
     calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
     metrics: dict[str, Any] = {}
     if calibrate:
@@ -86,7 +89,7 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
 
 
 def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: bool, verdicts: bool,
-         score: str | None, limit: int | None, unsure_on: str
+         score: str | None, limit: int | None, unsure_on: str, flat_gate: float
          ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(calibration, detector state), each None when not asked for or nothing to fit on; written into `ckpt_path`.
 
@@ -137,15 +140,15 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
                                     scorer.temperature, held_outputs=reuse,
-                                    outliers=threshold_check_images(datamodule, limit), confidence_on=confidence_on)
+                                    outliers=threshold_check_images(datamodule, limit), confidence_on=confidence_on,
+                                    flat_gate=flat_gate)
         except (UserError, ValueError) as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
         else:
             detector.info["fitted_on"] = where
             state = detector.state_dict()
-            log.info("Out-of-domain detector: %s; %s; out_of_domain above %.4g (%.1f%% of the digits accepted), "
-                     "unsure below %.4f", detector.describe(), where, detector.ood_threshold,
-                     100 * detector.info["digit_acceptance"], detector.unsure_threshold)
+            log.info("Out-of-domain detector: %s; %s; %s (%.1f%% of the digits accepted)", detector.describe(), where,
+                     detector.describe_thresholds(), 100 * detector.info["digit_acceptance"])
     if ckpt is not None and (calibration is not None or state is not None):
         if calibration is not None:
             ckpt["calibration"] = calibration

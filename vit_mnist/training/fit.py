@@ -148,7 +148,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         if calibrate or verdicts:  # into the best checkpoint, before it is tested
             metrics.update(timed(metrics, "calibration_and_detector", fit_after_training, trainer, module, datamodule, best,
                                  calibrate=calibrate, verdicts=verdicts, score=cfg.get("ood_score"),
-                                 limit=cfg.get("robustness_images"), unsure_on=cfg.get("verdict_unsure_on")))
+                                 limit=cfg.get("robustness_images"), unsure_on=cfg.get("verdict_unsure_on"),
+                                 flat_gate=cfg.get("verdict_flat_gate")))
         if cfg.get("test"):
             module.warn_uncalibrated = calibrate  # its own choice, not an old checkpoint
             timed(metrics, "test", trainer.test, module, datamodule=datamodule, ckpt_path=best or None, verbose=False)

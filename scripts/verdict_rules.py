@@ -82,12 +82,10 @@ def main(ckpt_path: str, data_dir: str) -> None:
     print("| acceptance | flat gate | " + " | ".join(columns) + " |\n|---:|---:|" + "---:|" * len(columns))
     for acceptance, gate in RULES:
         rule = dataclasses.replace(detector, ood_threshold=acceptance_threshold(val_scores, acceptance),
-                                   unsure_threshold=unsure)
+                                   unsure_threshold=unsure, flat_threshold=gate)
 
         def verdicts(name: str) -> torch.Tensor:
-            probs, scores = seen[name][0]
-            codes = rule.verdict_codes(probs, scores)  # the detector's own rule, at these thresholds
-            return torch.where(probs.max(dim=-1).values < gate, 2, codes)  # and the flat gate, when asked
+            return rule.verdict_codes(*seen[name][0])  # the detector's own rule, at these thresholds
 
         def share(name: str, code: int) -> float:
             return 100 * float((verdicts(name) == code).double().mean())

@@ -105,16 +105,17 @@ def test_onnx_parity_on_256_real_mnist_test_images(tmp_path: Path) -> None:
     assert_onnx_matches_pytorch(Path(summary["output"]), ckpt, x)
 
 
-@pytest.mark.parametrize(("fmt", "gate"), [("onnx", 0.0), ("torchscript", 0.0), ("onnx", 0.3)],
+@pytest.mark.parametrize(("fmt", "gate"), [("onnx", 0.0), ("torchscript", 0.0), ("onnx", 0.45)],
                          ids=["onnx", "torchscript", "onnx-flat-gate"])
 def test_the_exported_verdicts_equal_predict_s_on_digits_and_non_digits(fmt: str, gate: float, ckpt: Path,
                                                                         data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.data.non_digits import make_non_digits
     from vit_mnist.inference.predictor import Predictor
 
-    if gate:  # the flat-softmax gate in the graph too
+    ungated = Predictor.from_checkpoint(ckpt)
+    if gate:  # the flat-softmax gate in the graph too, alone: the score rejects nothing
         state = torch.load(ckpt, weights_only=True)
-        state["ood_detector"]["flat_threshold"] = gate
+        state["ood_detector"].update(flat_threshold=gate, ood_threshold=float("inf"))
         torch.save(state, ckpt := tmp_path / "gated.ckpt")
     predictor = Predictor.from_checkpoint(ckpt)
     assert predictor.detector is not None  # the shared tiny run fitted one: the graph carries it
@@ -136,3 +137,6 @@ def test_the_exported_verdicts_equal_predict_s_on_digits_and_non_digits(fmt: str
     assert "out_of_domain" in exported and codes.dtype == np.int64  # the letters are not all taken for digits
     assert "Mahalanobis" in meta["verdict_detector"]
     assert (f"or below a calibrated top-1 probability of {gate:g}" in meta["verdict_detector"]) is bool(gate)
+    if gate:  # it fires on this batch, so the graph was checked with it at work: the answers under the gate, only
+        top1 = ungated.answer(batch.numpy()).probabilities.max(axis=1)
+        assert exported.count("out_of_domain") == int((top1 < gate).sum()) > 0

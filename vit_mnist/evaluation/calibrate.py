@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule
-from vit_mnist.ood.detector import check_flat_gate, check_score, check_unsure_on
+from vit_mnist.ood.detector import check_verdict_options
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer
 from vit_mnist.training.after_fit import fit_after_training
@@ -29,9 +29,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                         "vit_mnist.train`).")
     if not (cfg.get("calibrate", True) or cfg.get("verdicts", True)):
         raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
-    check_score(cfg.get("ood_score"))
-    check_unsure_on(cfg.get("verdict_unsure_on"))
-    check_flat_gate(cfg.get("verdict_flat_gate"))
+    check_verdict_options(cfg)
     check_accelerator(cfg.trainer)
     path = str(Path(str(cfg.ckpt_path)).expanduser())
     ckpt = read_checkpoint(path)

@@ -139,6 +139,14 @@ def check_unsure_on(value: Any) -> str:
     return value
 
 
+def check_verdict_options(cfg: Mapping[str, Any]) -> None:
+    """The verdict keys of a train or calibrate config (`ood_score`, `verdict_unsure_on`, `verdict_flat_gate`),
+    checked before any work: a one-paragraph `UserError` for the first bad one."""
+    check_score(cfg.get("ood_score"))
+    check_unsure_on(cfg.get("verdict_unsure_on"))
+    check_flat_gate(cfg.get("verdict_flat_gate"))
+
+
 @dataclass
 class FitData:
     """Digits a detector is fitted on: images (uint8 (N, 1, H, W)) and their labels."""
@@ -186,7 +194,7 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
     for name, score in chosen.items():
         detector = OODDetector(score, math.nan, unsure, float(temperature),
                                {"statistics_images": len(stats.labels) if score.needs_features else 0, **info},
-                               check_flat_gate(flat_gate))
+                               float(flat_gate))
         digit_scores, acceptance = detector.scores(logits, features), DIGIT_ACCEPTANCE
         if checked is not None:
             sure = (checked[0].double() / temperature).softmax(dim=-1).max(dim=-1).values >= unsure

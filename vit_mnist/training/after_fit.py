@@ -18,9 +18,7 @@ from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
     DEFAULT_SCORE,
     UNSURE_ON,
-    check_flat_gate,
     check_score,
-    check_unsure_on,
     fit_data_from,
     fit_detector,
     split_fit_data,
@@ -65,12 +63,12 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
                        limit: int | None = None, unsure_on: str | None = None,
                        flat_gate: float | None = None) -> dict[str, Any]:
     """After `trainer.fit`: on global rank zero, the temperature (`calibrate`) and then the detector at that
-    temperature (`verdicts`; its unsure threshold fixed on `unsure_on`, one of UNSURE_ON, and answers under
-    `flat_gate` out_of_domain), from the weights of
+    temperature (`verdicts`; its unsure threshold fixed on `unsure_on`, one of UNSURE_ON, default clean, and answers
+    under `flat_gate` out_of_domain; both checked by the caller, `check_verdict_options`), from the weights of
     `ckpt_path` (else the in-memory `module`), stored in that file in one write; on every rank, both given to
     `module`. Returns the `calibration/*` and `verdict/*` metrics."""
-    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, score, limit,
-                  check_unsure_on(unsure_on), check_flat_gate(flat_gate)) if trainer.is_global_zero else None
+    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, score, limit, unsure_on or "clean",
+                  float(flat_gate or 0.0)) if trainer.is_global_zero else None
     calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
     metrics: dict[str, Any] = {}
     if calibrate:

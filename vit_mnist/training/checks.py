@@ -13,7 +13,7 @@ from vit_mnist.data.datamodule import check_loader_options
 from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import network_config
-from vit_mnist.ood.detector import check_flat_gate, check_score, check_unsure_on
+from vit_mnist.ood.detector import check_verdict_options
 from vit_mnist.runtime.hardware import warn_if_slow_bf16
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options
@@ -51,9 +51,7 @@ def validate(cfg: DictConfig) -> None:
                          d.get("num_workers", 0))
     check_training_options(cfg)
     check_loggers(cfg.get("logger"))
-    check_score(cfg.get("ood_score"))  # the verdicts' out-of-domain score, fitted after training
-    check_unsure_on(cfg.get("verdict_unsure_on"))
-    check_flat_gate(cfg.get("verdict_flat_gate"))
+    check_verdict_options(cfg)  # the verdicts' detector, fitted after training
     check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
     outlier_exposure_from(cfg.get("outlier_exposure"), spec.name)  # its own checks; the pool is made later
     ema = (cfg.get("callbacks") or {}).get("ema")

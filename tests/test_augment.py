@@ -86,6 +86,7 @@ def test_aspect_changes_the_width_to_height_ratio_and_keeps_the_area() -> None:
     ("min_resolution", 2, "data.augment.min_resolution=2 must be 0 (off)"),
     ("min_resolution", 12.5, "data.augment.min_resolution=12.5"),
     ("elastic_sigma", 0.0, "data.augment.elastic_sigma=0.0 must be in [0.5, 20]"),
+    ("styles", 1.5, "data.augment.styles=1.5 must be a number in [0, 1]"),
 ])
 def test_bad_values_are_refused(key: str, value: object, message: str) -> None:
     with pytest.raises(UserError, match=__import__("re").escape(message)):

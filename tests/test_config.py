@@ -84,6 +84,7 @@ def test_data_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path:
         (["scheduler=warmup_cosine", "scheduler.warmup_fraction=1"], ["scheduler.warmup_fraction=1", "[0, 1)"]),
         (["scheduler=warmup_cosine", "scheduler.min_lr_ratio=-0.5"], ["scheduler.min_lr_ratio=-0.5", "[0, 1]"]),
         (["seed=abc"], ["seed='abc'", "integer"]),
+        (["data=fashion_mnist", "data.augment.styles=0.5"], ["data.augment.styles=0.5", "'Trouser'", "styles=0"]),
         (["callbacks=ema", "callbacks.ema.decay=1.5"], ["callbacks.ema.decay=1.5", "between 0 and 1"]),
         (["experiment=best", "callbacks.ema.update_starting_at_fraction=1.2"],
          ["update_starting_at_fraction=1.2", "[0, 1)"]),

@@ -14,6 +14,7 @@ from vit_mnist.data.image_ops import (
     resample_resolution,
     stroke_width,
 )
+from vit_mnist.data.writer_styles import writer_styles
 from vit_mnist.errors import UserError
 
 INTERPOLATIONS = ("bilinear", "nearest")  # the grid_sample modes that suit uint8 digit images
@@ -41,6 +42,9 @@ class AugmentConfig:
     noise: float = 0.0  # additive Gaussian noise, std uniform in [0, noise] (pixels in [0, 1]), e.g. 0.1
     erasing: float = 0.0  # probability of erasing one random rectangle (2-15% of the image), e.g. 0.25
     handwriting_p: float = 1.0  # the share of images that get the handwriting variation above (the rest: none)
+    # continental conventions (vit_mnist.data.writer_styles): the probability that a training 1 gets a flag (half of
+    # those a foot too) and a 7 a bar through its stem, e.g. 0.5; needs the labels, so training batches only
+    styles: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.rotation) <= 180.0:
@@ -59,7 +63,8 @@ class AugmentConfig:
                 f"use one of {' or '.join(INTERPOLATIONS)}."
             )
 
-        for key, high in (("aspect", 3.0), ("elastic", 200.0), ("stroke", 3.0), ("blur", 5.0), ("noise", 1.0), ("erasing", 1.0)):
+        for key, high in (("aspect", 3.0), ("elastic", 200.0), ("stroke", 3.0), ("blur", 5.0), ("noise", 1.0), ("erasing", 1.0),
+                          ("styles", 1.0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
                 raise UserError(f"data.augment.{key}={value!r} must be a number in [0, {high:g}]; 0 turns it off "
@@ -88,7 +93,7 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.affine or self.handwriting
+        return self.affine or self.handwriting or bool(self.styles)
 
 
 _HINTS = {
@@ -98,12 +103,16 @@ _HINTS = {
     "blur": "the largest Gaussian blur sigma in pixels, e.g. 1.0",
     "noise": "the largest standard deviation of added noise, pixels being in [0, 1], e.g. 0.1",
     "erasing": "the probability of erasing one rectangle of an image, e.g. 0.25",
+    "styles": "the probability that a training 1 is drawn flagged and a 7 crossed, e.g. 0.5",
 }
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """All of the training augmentation of a float batch (B, C, H, W) in [0, 1]: handwriting variation, then the
-    random affine warp."""
+def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None,
+            labels: torch.Tensor | None = None) -> torch.Tensor:
+    """All of the training augmentation of a float batch (B, C, H, W) in [0, 1]: writing styles (where the labels
+    are given), handwriting variation, then the random affine warp."""
+    if cfg.styles and labels is not None:
+        images = writer_styles(images, labels, float(cfg.styles), generator)
     if cfg.handwriting:
         varied = handwriting_variation(images, cfg, generator)
         if cfg.handwriting_p < 1.0:  # the rest of the batch stays as drawn, so clean digits are still learnt

@@ -174,19 +174,22 @@ class MNISTDataModule(LightningDataModule):
         if training and self.outliers is not None:
             # the same path as the digits, in the same call (one augmentation pass per step, not two): augmented,
             # normalised, converted; then apart again
-            x = self._model_input(torch.cat([images, self.outliers.draw(images.device)]), True)
+            outliers = self.outliers.draw(images.device)
+            no_digit = torch.full((len(outliers),), -1, dtype=labels.dtype, device=labels.device)
+            x = self._model_input(torch.cat([images, outliers]), True, torch.cat([labels, no_digit]))
             return x[:len(labels)], labels, x[len(labels):]
-        return self._model_input(images, training), labels
+        return self._model_input(images, training, labels), labels
 
-    def _model_input(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = self.transform(images, train=train)
+    def _model_input(self, images: torch.Tensor, train: bool, labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.transform(images, train=train, labels=labels)
         if self.trainer is not None:  # Lightning converts batches before this hook: uint8 stays, so convert the
             x = self.trainer.precision_plugin.convert_input(x)  # floats here (bf16 under bf16-true; else as is)
         return x
 
-    def transform(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """uint8 (B, 1, H, W) on any device -> normalised float; random affine only when `train`."""
+    def transform(self, images: torch.Tensor, train: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, 1, H, W) on any device -> normalised float; augmented only when `train` (the writing styles
+        only where `labels` are given)."""
         x = images.float().div_(255.0)
         if train:
-            x = augment_batch(x, self.augment)
+            x = augment_batch(x, self.augment, labels=labels)
         return (x - self.spec.mean) / self.spec.std

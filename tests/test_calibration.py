@@ -252,6 +252,7 @@ def test_old_checkpoint_loads_with_temperature_one_and_warns_once(tiny: Path, ca
             probabilities = predictor.probabilities(x)
     assert predictor.temperature == 1.0
     assert [NO_CALIBRATION in r.getMessage() for r in caplog.records] == [True]  # once, not per prediction
+    assert "python -m vit_mnist.calibrate ckpt_path=" in caplog.records[0].getMessage()  # the fix, not "retrain"
     with torch.no_grad():
         np.testing.assert_allclose(probabilities, predictor.net(torch.from_numpy(x)).double().softmax(dim=1).numpy(),
                                    atol=1e-6)

@@ -126,6 +126,8 @@ def test_a_checkpoint_without_a_detector_says_so_once(tiny: Path, tmp_path: Path
         verdicts = classifier.predict(val_images[:50]).verdicts + classifier.predict(val_images[:5]).verdicts
     assert set(verdicts) <= {"confident", "unsure"}
     assert [NO_DETECTOR in r.getMessage() for r in caplog.records].count(True) == 1
+    warning = next(r.getMessage() for r in caplog.records if NO_DETECTOR in r.getMessage())
+    assert f"python -m vit_mnist.calibrate ckpt_path={old}" in warning  # the fix, not "retrain"
 
 
 def test_a_damaged_detector_is_a_user_error(tiny: Path, tmp_path: Path) -> None:

@@ -168,8 +168,9 @@ class ViTClassifier(LightningModule):
         if warn:
             log.warning("The checkpoint %sholds no calibration (it was written before temperature scaling existed, "
                         "or trained with calibrate=false): its probabilities are the network's own softmax "
-                        "(temperature 1) and may be over- or under-confident. Retrain to calibrate it.",
-                        f"{source} " if source else "")
+                        "(temperature 1) and may be over- or under-confident. `python -m vit_mnist.calibrate "
+                        "ckpt_path=%s` fits the temperature into it, no retraining needed.",
+                        f"{source} " if source else "", source or "<the checkpoint>")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.calibration:

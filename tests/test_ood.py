@@ -386,6 +386,8 @@ def test_the_robustness_report_has_an_out_of_domain_section(data_dir: Path, tmp_
         assert (out / name).is_file(), name
     markdown = (out / "robustness.md").read_text()
     assert "## Out of domain" in markdown and "| letters: AUROC |" in markdown
+    stripe = ood["out_of_domain"]["corrupt/stripe"]
+    assert f"| corruptions most often `out_of_domain` (%) | stripe {100 * stripe:.2f} |" in markdown
     ece = summary["models"][0]["ece"]  # calibration under shift, beside the accuracy
     assert "## Calibration under shift" in markdown and {"clean", "stripe", "other_writers"} <= set(ece)
     assert ece["corrupted_mean"] == pytest.approx(ece["stripe"]) and all(0 <= v <= 1 for v in ece.values())
@@ -415,3 +417,13 @@ def test_a_training_run_reports_test_ood_auroc(data_dir: Path, tmp_path: Path) -
             "test/ood_accepted/letters"} <= set(metrics)
     report = json.loads((tmp_path / "robustness.json").read_text())
     assert report["models"][0]["ood"]["mean_auroc"] == pytest.approx(metrics["test/ood_auroc"])
+
+
+def test_the_report_names_the_corruptions_rejected_most() -> None:
+    from types import SimpleNamespace
+
+    from vit_mnist.reports.robustness import _most_rejected
+
+    ood = SimpleNamespace(out_of_domain={"clean": 0.9, "corrupt/fog": 0.1, "corrupt/canny_edges": 0.5,
+                                         "corrupt/zigzag": 0.2, "corrupt/shear": 0.0})
+    assert _most_rejected(ood) == "canny_edges 50.00, zigzag 20.00, fog 10.00"  # the digit sets are not corruptions

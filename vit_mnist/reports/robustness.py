@@ -119,6 +119,13 @@ def _rejected(ood: Any, key: str, kind: str = "out_of_domain") -> float | None:
     return getattr(ood, kind).get(key)
 
 
+def _most_rejected(ood: Any, count: int = 3) -> str:
+    """The corruptions whose digits the detector rejects most: where the corrupted mean comes from."""
+    shares = sorted(((v, k.removeprefix("corrupt/")) for k, v in ood.out_of_domain.items() if k.startswith("corrupt/")),
+                    reverse=True)
+    return ", ".join(f"{name} {_pct(v)}" for v, name in shares[:count])
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -150,6 +157,9 @@ def ood_markdown(results: Sequence[Any]) -> str:
     for kind in ("out_of_domain", "unsure"):
         lines += [f"| {name}: `{kind}` (%) | " + " | ".join(_pct(_rejected(r.ood, key, kind)) for r in models) + " |"
                   for key, name in _digit_rows(results)]
+    if any(k.startswith("corrupt/") for r in models for k in r.ood.out_of_domain):
+        lines.append("| corruptions most often `out_of_domain` (%) | " + " | ".join(_most_rejected(r.ood)
+                                                                              for r in models) + " |")
     if any(r.ood.others for r in models):
         lines += ["", "Each score, its threshold fixed on the same validation images (the detector's own in bold; the "
                       "choice: docs/out_of_domain.md). AUROC: mean and lowest over the sets; accepted: mean share of "

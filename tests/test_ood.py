@@ -19,6 +19,7 @@ from vit_mnist.models.tta import tta_logits
 from vit_mnist.models.vit import VisionTransformer, ViTConfig
 from vit_mnist.ood.detector import (
     UNSURE_ON,
+    ConfidenceDigits,
     FitData,
     OODDetector,
     check_flat_gate,
@@ -195,7 +196,7 @@ def test_the_unsure_threshold_can_be_fixed_on_shifted_digits() -> None:
     # the same digits shifted: the same probabilities, every answer under 0.9 wrong
     shifted = answers_at(top1, labels, top1 < 0.9)
     clean = fit_detectors(outputs, digits, digits, 10, ("msp",))["msp"]
-    moved = fit_detectors(outputs, digits, digits, 10, ("msp",), confidence_on=(shifted, labels, "shifted"))["msp"]
+    moved = fit_detectors(outputs, digits, digits, 10, ("msp",), confidence_on=ConfidenceDigits(shifted, labels, "shifted"))["msp"]
     assert clean.unsure_threshold == 0.5 and clean.info["unsure_fixed_on"] == "validation digits"
     assert moved.info["unsure_fixed_on"] == "shifted"
     assert moved.unsure_threshold == pytest.approx(float(top1[top1 >= 0.9][0]), rel=1e-6)

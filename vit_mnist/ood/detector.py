@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -147,6 +147,15 @@ def check_verdict_options(cfg: Mapping[str, Any]) -> None:
     check_flat_gate(cfg.get("verdict_flat_gate"))
 
 
+class ConfidenceDigits(NamedTuple):
+    """The network's answers to digits the unsure threshold is fixed on, when not the thresholds' own images (e.g.
+    the same drawn as another writer might have made them): logits (N, C), labels (N,), and what they are."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    description: str
+
+
 @dataclass
 class FitData:
     """Digits a detector is fitted on: images (uint8 (N, 1, H, W)) and their labels."""
@@ -159,7 +168,7 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
                   scores: Sequence[str] = tuple(SCORES), temperature: float = 1.0,
                   held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                   outliers: torch.Tensor | None = None,
-                  confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+                  confidence_on: ConfidenceDigits | None = None,
                   flat_gate: float = 0.0) -> dict[str, OODDetector]:
     """A detector for each of `scores`, from one pass over each set of digits: the statistics on `stats`, the
     thresholds on `thresholds` (disjoint digits: a score fitted and thresholded on the same images would accept
@@ -167,8 +176,7 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
     thresholds' images' already (the after-fit step's one pass over validation). With `outliers` (uint8 non-digit
     check images, never a benchmark's or a training pool's), the score accepts more than DIGIT_ACCEPTANCE of the
     digits where that lets hardly more of them through to `confident` (`loosest_acceptance`). `confidence_on`
-    ((logits, labels, what they are)) fixes the unsure threshold on other digits than the thresholds' own (e.g. the
-    same drawn as another writer might have); `flat_gate` is the detectors' `flat_threshold`. A score that needs
+    fixes the unsure threshold on other digits than the thresholds' own (`ConfidenceDigits`); `flat_gate` is the detectors' `flat_threshold`. A score that needs
     features is left out when the network gives none, unless it is the only one asked for (a `UserError`)."""
     chosen = {name: SCORES[name]() for name in scores}
     needing = [name for name, s in chosen.items() if s.needs_features]
@@ -184,7 +192,8 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
             else:
                 chosen[name].fit(features, stats.labels, num_classes)
     logits, features = held_outputs if held_outputs is not None else outputs(thresholds.images)
-    sure_logits, sure_labels, unsure_on = confidence_on or (logits, thresholds.labels, "validation digits")
+    sure_logits, sure_labels, unsure_on = confidence_on or ConfidenceDigits(logits, thresholds.labels,
+                                                                            "validation digits")
     top1, preds = (sure_logits.double() / temperature).softmax(dim=-1).max(dim=-1)
     unsure = confidence_threshold(top1, preds == sure_labels.to(preds.device))
     info = {"threshold_images": len(thresholds.labels), "confident_precision": CONFIDENT_PRECISION,
@@ -210,7 +219,7 @@ def fit_detector(outputs: Outputs, stats: FitData, thresholds: FitData, num_clas
                  score: str = DEFAULT_SCORE, temperature: float = 1.0,
                  held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                  outliers: torch.Tensor | None = None,
-                 confidence_on: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+                 confidence_on: ConfidenceDigits | None = None,
                  flat_gate: float = 0.0) -> OODDetector:
     """The detector for `score` (see `fit_detectors`)."""
     return fit_detectors(outputs, stats, thresholds, num_classes, (score,), temperature, held_outputs,

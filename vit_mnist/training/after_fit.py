@@ -18,6 +18,7 @@ from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
     DEFAULT_SCORE,
     UNSURE_ON,
+    ConfidenceDigits,
     check_score,
     fit_data_from,
     fit_detector,
@@ -134,7 +135,7 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         confidence_on = None
         if unsure_on == "writer_shift":  # the same digits, drawn as another writer might have made them
             shifted_logits = outputs(writer_shifted(thresholds.images))[0]
-            confidence_on = (shifted_logits, thresholds.labels, UNSURE_ON[unsure_on])
+            confidence_on = ConfidenceDigits(shifted_logits, thresholds.labels, UNSURE_ON[unsure_on])
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
                                     scorer.temperature, held_outputs=reuse,

@@ -3,6 +3,7 @@ nothing else changes, and the draw is seeded."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vit_mnist.data.augment import AugmentConfig, augment
@@ -94,3 +95,12 @@ def test_the_data_module_draws_styles_on_training_batches_only(tmp_path) -> None
     assert torch.equal(dm.transform(images, train=True), plain)  # no labels: nothing to draw by
     drawn = dm.transform(images, train=True, labels=labels)
     assert bool(((drawn - plain).flatten(1).amax(1) > 1.0).all())  # normalised units: every 1 got new ink
+
+
+def test_a_data_module_built_by_hand_refuses_styles_on_garments(tmp_path) -> None:
+    from vit_mnist.data.datamodule import MNISTDataModule
+    from vit_mnist.errors import UserError
+
+    with pytest.raises(UserError, match=r"data.augment.styles=0.5 .*'Trouser'.*styles=0"):
+        MNISTDataModule(name="fashion_mnist", data_dir=str(tmp_path), augment={"styles": 0.5})
+    assert MNISTDataModule(name="fashion_mnist", data_dir=str(tmp_path), augment={"styles": 0.0}).augment.styles == 0

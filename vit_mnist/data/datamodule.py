@@ -14,7 +14,7 @@ from vit_mnist.data.augment import augment as augment_batch
 from vit_mnist.data.idx import read_images, read_labels
 from vit_mnist.data.outliers import OutlierPool
 from vit_mnist.data.samplers import eval_sampler
-from vit_mnist.data.sources import SPLIT_FILES, ensure_files, get_spec
+from vit_mnist.data.sources import SPLIT_FILES, DatasetSpec, ensure_files, get_spec
 from vit_mnist.errors import UserError
 
 
@@ -53,6 +53,14 @@ def load_split(name: str, data_dir: str, split: str, download: bool = True) -> t
             "the two files do not belong together. Copy both again from the same source."
         )
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def check_styles(augment: AugmentConfig, spec: DatasetSpec) -> None:
+    """Refuse the writing styles (flagged 1s, crossed 7s) on a dataset whose classes are not handwritten digits."""
+    if augment.styles and not spec.handwritten:
+        raise UserError(f"data.augment.styles={augment.styles} draws flagged 1s and crossed 7s, which only means "
+                        f"something for handwritten digits, not for data={spec.name} (its classes 1 and 7 are "
+                        f"{spec.classes[1]!r} and {spec.classes[7]!r}): set data.augment.styles=0.")
 
 
 def check_loader_options(batch_size: int, eval_batch_size: int, val_size: int, num_workers: int) -> None:
@@ -94,6 +102,7 @@ class MNISTDataModule(LightningDataModule):
         check_loader_options(batch_size, eval_batch_size, val_size, num_workers)
         self.save_hyperparameters(logger=False)
         self.augment = AugmentConfig(**(augment or {}))
+        check_styles(self.augment, self.spec)
         self.data_dir = data_dir
         self.train_set: InMemoryDataset | None = None
         self.val_set: InMemoryDataset | None = None

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.data.augment import AugmentConfig
-from vit_mnist.data.datamodule import check_loader_options
+from vit_mnist.data.datamodule import check_loader_options, check_styles
 from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import network_config
@@ -45,11 +45,7 @@ def validate(cfg: DictConfig) -> None:
             f"data={spec.name} ({len(spec.classes)} classes, {spec.image_size}x{spec.image_size}); "
             "leave them at their defaults, which follow the data config."
         )
-    augment = AugmentConfig(**cfg.data.get("augment", {}))  # its own checks
-    if augment.styles and not spec.handwritten:
-        raise UserError(f"data.augment.styles={augment.styles} draws flagged 1s and crossed 7s, which only means "
-                        f"something for handwritten digits, not for data={spec.name} (its classes 1 and 7 are "
-                        f"{spec.classes[1]!r} and {spec.classes[7]!r}): set data.augment.styles=0.")
+    check_styles(AugmentConfig(**cfg.data.get("augment", {})), spec)  # the ranges' own checks, then the dataset's
     d = cfg.data
     check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 100), d.get("val_size", 5000),
                          d.get("num_workers", 0))

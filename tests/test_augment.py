@@ -7,7 +7,7 @@ import torch
 
 from tests.builders import digit_like
 from vit_mnist.data.augment import AugmentConfig, augment, handwriting_variation
-from vit_mnist.data.writer_shift import writer_shifted
+from vit_mnist.data.writer_shift import WRITER_SHIFT, writer_shift, writer_shifted
 from vit_mnist.errors import UserError
 from vit_mnist.models.vit import BackgroundNorm
 
@@ -123,3 +123,18 @@ def test_the_writer_shift_redraws_every_digit_the_same_way_for_a_seed() -> None:
     assert not torch.equal(shifted, writer_shifted(digits, seed=1))
     changed = (shifted.float() - digits.float()).abs().flatten(1).amax(dim=1) > 0
     assert bool(changed.all())  # every image, not half of them (handwriting_p is 1)
+
+
+def test_a_milder_writer_shift_moves_the_digits_less() -> None:
+    digits = digit_like(64, seed=3)
+    assert torch.equal(writer_shifted(digits, strength=0.0), digits)  # no shift at all
+    assert writer_shift(1.0) == WRITER_SHIFT and torch.equal(writer_shifted(digits, strength=1.0), writer_shifted(digits))
+    half = writer_shift(0.5)
+    assert half.rotation == WRITER_SHIFT.rotation / 2 and half.scale == (0.925, 1.075) and half.min_resolution == 18
+
+    def moved(strength: float) -> float:
+        return float((writer_shifted(digits, strength=strength).float() - digits.float()).abs().mean())
+
+    assert 0 < moved(0.25) < moved(0.5) < moved(1.0)
+    with pytest.raises(ValueError, match="strength"):
+        writer_shift(1.5)

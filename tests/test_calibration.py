@@ -27,7 +27,7 @@ from vit_mnist.inference.export import export, read_onnx_metadata
 from vit_mnist.inference.files import predict_files
 from vit_mnist.inference.web import create_app
 from vit_mnist.models.tta import tta_logits
-from vit_mnist.ood.detector import UNSURE_ON
+from vit_mnist.ood.detector import STATS_ON, UNSURE_ON
 from vit_mnist.training.calibration import fit_temperature, nll
 from vit_mnist.training.checkpoints import (
     load_module,
@@ -300,18 +300,20 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     assert set(verdicts) <= {"confident", "unsure", "out_of_domain"} and "out_of_domain" in verdicts
     assert after["ood_detector"]["info"]["unsure_fixed_on"] == UNSURE_ON["clean"]
 
-    # the confidence fixed on the same digits drawn as other writers': recorded, the rest of the detector as before
+    # the confidence fixed on the same digits drawn as other writers', the statistics on both: recorded
     calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
                                          "data.eval_batch_size=100", "verdict_unsure_on=writer_shift",
-                                         "verdict_flat_gate=0.12"],
+                                         "verdict_stats_on=writer_shift", "verdict_flat_gate=0.12"],
                                         tmp_path / "cal2", "calibrate"))
     shifted = torch.load(ckpt, weights_only=True)["ood_detector"]
     assert shifted["info"]["unsure_fixed_on"] == UNSURE_ON["writer_shift"] and shifted["flat_threshold"] == 0.12
     assert after["ood_detector"]["flat_threshold"] == 0.0
-    assert shifted["info"]["statistics_images"] == after["ood_detector"]["info"]["statistics_images"]
+    assert STATS_ON["clean"] in after["ood_detector"]["info"]["fitted_on"]
+    assert STATS_ON["writer_shift"] in shifted["info"]["fitted_on"]
+    assert shifted["info"]["statistics_images"] == 2 * after["ood_detector"]["info"]["statistics_images"]
 
 
-@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on", "flat_gate"])
+@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on", "stats_on", "flat_gate"])
 def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.evaluation.calibrate import calibrate_checkpoint
 
@@ -322,9 +324,10 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     elif case == "nothing_to_fit":
         torch.save({"weights": torch.zeros(3)}, path)
         extra = ["calibrate=false", "verdicts=false"]
-    elif case in ("unsure_on", "flat_gate"):
+    elif case in ("unsure_on", "stats_on", "flat_gate"):
         torch.save({"weights": torch.zeros(3)}, path)
-        extra = ["verdict_unsure_on=writers" if case == "unsure_on" else "verdict_flat_gate=0.7"]
+        extra = [{"unsure_on": "verdict_unsure_on=writers", "stats_on": "verdict_stats_on=augmented",
+                  "flat_gate": "verdict_flat_gate=0.7"}[case]]
     before = path.read_bytes() if path.exists() else None
     cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", *extra],
                          tmp_path / "cal", "calibrate")
@@ -333,5 +336,6 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     message = str(raised.value)
     assert "\n" not in message.strip() and len(message) > 40
     assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit",
-            "unsure_on": "verdict_unsure_on='writers'", "flat_gate": "verdict_flat_gate=0.7"}[case] in message
+            "unsure_on": "verdict_unsure_on='writers'", "stats_on": "verdict_stats_on='augmented'",
+            "flat_gate": "verdict_flat_gate=0.7"}[case] in message
     assert (path.read_bytes() if path.exists() else None) == before

@@ -18,12 +18,16 @@ from vit_mnist.models.outputs import logits_and_features
 from vit_mnist.models.tta import tta_logits
 from vit_mnist.models.vit import VisionTransformer, ViTConfig
 from vit_mnist.ood.detector import (
+    STATS_ON,
     UNSURE_ON,
     ConfidenceDigits,
     FitData,
     OODDetector,
+    VerdictRule,
     check_flat_gate,
+    check_stats_on,
     check_unsure_on,
+    check_verdict_options,
     fit_detectors,
     split_fit_data,
 )
@@ -209,6 +213,15 @@ def test_unsure_on_takes_its_names_and_refuses_others() -> None:
     assert set(UNSURE_ON) == {"clean", "writer_shift"}
     with pytest.raises(UserError, match=r"verdict_unsure_on='writers' is not one of \['clean', 'writer_shift'\]"):
         check_unsure_on("writers")
+
+
+def test_the_verdict_keys_make_one_rule_and_refuse_bad_names() -> None:
+    rule = check_verdict_options({"verdict_stats_on": "writer_shift", "verdict_flat_gate": 0.12})
+    assert rule == VerdictRule(score="mahalanobis", unsure_on="clean", stats_on="writer_shift", flat_gate=0.12)
+    assert check_verdict_options({}) == VerdictRule()
+    assert set(STATS_ON) == set(UNSURE_ON)
+    with pytest.raises(UserError, match=r"verdict_stats_on='augmented' is not one of \['clean', 'writer_shift'\]"):
+        check_stats_on("augmented")
 
 
 def detector(**kwargs) -> OODDetector:

@@ -29,7 +29,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                         "vit_mnist.train`).")
     if not (cfg.get("calibrate", True) or cfg.get("verdicts", True)):
         raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
-    check_verdict_options(cfg)
+    rule = check_verdict_options(cfg)
     check_accelerator(cfg.trainer)
     path = str(Path(str(cfg.ckpt_path)).expanduser())
     ckpt = read_checkpoint(path)
@@ -41,9 +41,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                             enable_model_summary=False)
     metrics: dict[str, Any] = {"ckpt_path": path}
     metrics.update(fit_after_training(trainer, module, datamodule, path, calibrate=bool(cfg.get("calibrate", True)),
-                                      verdicts=bool(cfg.get("verdicts", True)), score=cfg.get("ood_score"),
-                                      unsure_on=cfg.get("verdict_unsure_on"),
-                                      flat_gate=cfg.get("verdict_flat_gate")))
+                                      verdicts=bool(cfg.get("verdicts", True)), rule=rule))
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     said = []

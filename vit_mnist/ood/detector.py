@@ -112,6 +112,21 @@ def check_score(score: Any) -> str | None:
 # pen and scanner might have made them (vit_mnist.data.writer_shift): fewer answers confident, and those right more
 # often on other people's handwriting (docs/out_of_domain.md#confidence-fixed-on-shifted-digits)
 UNSURE_ON = {"clean": "validation digits", "writer_shift": "validation digits drawn as other writers' (writer shift)"}
+# what a feature score's statistics (Mahalanobis: class means, shared covariance) are fitted on: the training digits
+# as they are, or those and the same drawn as other writers': a digit that is merely shifted, blurred or outlined then
+# lies nearer the digits than a letter does (docs/out_of_domain.md#statistics-on-shifted-digits)
+STATS_ON = {"clean": "training images (no augmentation)",
+            "writer_shift": "training images, with the same drawn as other writers' (writer shift)"}
+
+
+class VerdictRule(NamedTuple):
+    """How a run's detector is fitted (the train and calibrate configs' verdict keys, checked): the score, what the
+    unsure threshold and the statistics are fixed on, and the flat-softmax gate."""
+
+    score: str = DEFAULT_SCORE
+    unsure_on: str = "clean"
+    stats_on: str = "clean"
+    flat_gate: float = 0.0
 
 
 def check_flat_gate(value: Any) -> float:
@@ -139,12 +154,23 @@ def check_unsure_on(value: Any) -> str:
     return value
 
 
-def check_verdict_options(cfg: Mapping[str, Any]) -> None:
-    """The verdict keys of a train or calibrate config (`ood_score`, `verdict_unsure_on`, `verdict_flat_gate`),
-    checked before any work: a one-paragraph `UserError` for the first bad one."""
-    check_score(cfg.get("ood_score"))
-    check_unsure_on(cfg.get("verdict_unsure_on"))
-    check_flat_gate(cfg.get("verdict_flat_gate"))
+def check_stats_on(value: Any) -> str:
+    """`value` (None: clean) if it is one of STATS_ON; a one-paragraph `UserError` otherwise."""
+    value = "clean" if value is None else value
+    if value not in STATS_ON:
+        raise UserError(f"verdict_stats_on={value!r} is not one of {list(STATS_ON)}: `clean` fits the detector's "
+                        "statistics on the training digits as they are, `writer_shift` on those and the same digits "
+                        "drawn as another writer might have made them (fewer shifted or corrupted digits rejected, "
+                        "non-digits told `unsure` a little more often; docs/out_of_domain.md).")
+    return value
+
+
+def check_verdict_options(cfg: Mapping[str, Any]) -> VerdictRule:
+    """The verdict keys of a train or calibrate config (`ood_score`, `verdict_unsure_on`, `verdict_stats_on`,
+    `verdict_flat_gate`), checked before any work: the rule they make, or a one-paragraph `UserError` for the first
+    bad one. A score the network cannot compute is swapped later, where the network is known."""
+    return VerdictRule(check_score(cfg.get("ood_score")) or DEFAULT_SCORE, check_unsure_on(cfg.get("verdict_unsure_on")),
+                       check_stats_on(cfg.get("verdict_stats_on")), check_flat_gate(cfg.get("verdict_flat_gate")))
 
 
 class ConfidenceDigits(NamedTuple):
@@ -236,7 +262,7 @@ def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None
     if val is not None and len(val.labels):
         stats = FitData(train.images[:fit_n], train.labels[:fit_n])
         held = FitData(val.images[:threshold_n], val.labels[:threshold_n])
-        where = (f"statistics on {len(stats.labels)} training images (no augmentation), thresholds on "
+        where = (f"statistics on {len(stats.labels)} {STATS_ON['clean']}, thresholds on "
                  f"{len(held.labels)} validation images")
     else:
         threshold_n = min(threshold_n, len(train.labels) // 2)

@@ -16,10 +16,11 @@ from vit_mnist.errors import UserError
 from vit_mnist.models.outputs import has_features
 from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
-    DEFAULT_SCORE,
+    STATS_ON,
     UNSURE_ON,
     ConfidenceDigits,
-    check_score,
+    FitData,
+    VerdictRule,
     fit_data_from,
     fit_detector,
     split_fit_data,
@@ -60,16 +61,14 @@ def threshold_check_images(datamodule: Any, limit: int | None = None) -> torch.T
 
 
 def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "", *,
-                       calibrate: bool = True, verdicts: bool = True, score: str | None = None,
-                       limit: int | None = None, unsure_on: str | None = None,
-                       flat_gate: float | None = None) -> dict[str, Any]:
+                       calibrate: bool = True, verdicts: bool = True, rule: VerdictRule | None = None,
+                       limit: int | None = None) -> dict[str, Any]:
     """After `trainer.fit`: on global rank zero, the temperature (`calibrate`) and then the detector at that
-    temperature (`verdicts`; its unsure threshold fixed on `unsure_on`, one of UNSURE_ON, default clean, and answers
-    under `flat_gate` out_of_domain; both checked by the caller, `check_verdict_options`), from the weights of
-    `ckpt_path` (else the in-memory `module`), stored in that file in one write; on every rank, both given to
-    `module`. Returns the `calibration/*` and `verdict/*` metrics."""
-    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, score, limit, unsure_on or "clean",
-                  float(flat_gate or 0.0)) if trainer.is_global_zero else None
+    temperature (`verdicts`, fitted by `rule`, the config's verdict keys as `check_verdict_options` made them;
+    None: the defaults), from the weights of `ckpt_path` (else the in-memory `module`), stored in that file in one
+    write; on every rank, both given to `module`. Returns the `calibration/*` and `verdict/*` metrics."""
+    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, rule or VerdictRule(),
+                  limit) if trainer.is_global_zero else None
     calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
     metrics: dict[str, Any] = {}
     if calibrate:
@@ -88,15 +87,14 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
 
 
 def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: bool, verdicts: bool,
-         score: str | None, limit: int | None, unsure_on: str, flat_gate: float
-         ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+         rule: VerdictRule, limit: int | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(calibration, detector state), each None when not asked for or nothing to fit on; written into `ckpt_path`.
 
     One pass of the network over the validation images serves both: the temperature is fitted on those the fit's
     validation loop saw, the detector's thresholds on the first of them (its `split_fit_data`)."""
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     scorer = module_from_checkpoint(ckpt, ckpt_path, warn_uncalibrated=False) if ckpt is not None else module
-    score = check_score(score) or DEFAULT_SCORE
+    score = rule.score
     if SCORES[score].needs_features and not has_features(scorer.net):
         score = "energy"  # a network from elsewhere without features: a score of the logits
     features = verdicts and SCORES[score].needs_features
@@ -131,16 +129,20 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
     state = None
     if plan is not None:
         stats, thresholds, where = plan
+        if rule.stats_on == "writer_shift" and features:  # the digits and the same as another writer's
+            stats = FitData(torch.cat([stats.images, writer_shifted(stats.images, seed=1)]),
+                            torch.cat([stats.labels, stats.labels]))
+            where = where.replace(STATS_ON["clean"], STATS_ON["writer_shift"])
         reuse = (held[0][:threshold_n], None if held[1] is None else held[1][:threshold_n]) if threshold_n else None
         confidence_on = None
-        if unsure_on == "writer_shift":  # the same digits, drawn as another writer might have made them
+        if rule.unsure_on == "writer_shift":  # the same digits, drawn as another writer might have made them
             shifted_logits = outputs(writer_shifted(thresholds.images))[0]
-            confidence_on = ConfidenceDigits(shifted_logits, thresholds.labels, UNSURE_ON[unsure_on])
+            confidence_on = ConfidenceDigits(shifted_logits, thresholds.labels, UNSURE_ON[rule.unsure_on])
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
                                     scorer.temperature, held_outputs=reuse,
                                     outliers=threshold_check_images(datamodule, limit), confidence_on=confidence_on,
-                                    flat_gate=flat_gate)
+                                    flat_gate=rule.flat_gate)
         except (UserError, ValueError) as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
         else:

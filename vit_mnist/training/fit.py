@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
+from vit_mnist.ood.detector import check_verdict_options
 from vit_mnist.reports.classification import (
     summary_metrics,
     tensorboard_writers,
@@ -147,9 +148,8 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         calibrate, verdicts = keep and cfg.get("calibrate", True), keep and cfg.get("verdicts", True)
         if calibrate or verdicts:  # into the best checkpoint, before it is tested
             metrics.update(timed(metrics, "calibration_and_detector", fit_after_training, trainer, module, datamodule, best,
-                                 calibrate=calibrate, verdicts=verdicts, score=cfg.get("ood_score"),
-                                 limit=cfg.get("robustness_images"), unsure_on=cfg.get("verdict_unsure_on"),
-                                 flat_gate=cfg.get("verdict_flat_gate")))
+                                 calibrate=calibrate, verdicts=verdicts, rule=check_verdict_options(cfg),
+                                 limit=cfg.get("robustness_images")))
         if cfg.get("test"):
             module.warn_uncalibrated = calibrate  # its own choice, not an old checkpoint
             timed(metrics, "test", trainer.test, module, datamodule=datamodule, ckpt_path=best or None, verbose=False)

@@ -339,3 +339,14 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
             "unsure_on": "verdict_unsure_on='writers'", "stats_on": "verdict_stats_on='augmented'",
             "flat_gate": "verdict_flat_gate=0.7"}[case] in message
     assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_the_calibrate_command_computes_in_the_fastest_precision_of_the_machine(tmp_path: Path) -> None:
+    from vit_mnist.runtime.hardware import fastest_precision
+
+    cfg = compose_config(["ckpt_path=x.ckpt"], tmp_path, "calibrate")
+    assert cfg.trainer.precision == fastest_precision(cfg.trainer.accelerator)
+    cpu = compose_config(["ckpt_path=x.ckpt", "trainer.accelerator=cpu"], tmp_path, "calibrate")
+    assert cpu.trainer.precision in ("bf16-mixed", "32-true")  # never fp16 on a CPU
+    assert compose_config(["ckpt_path=x.ckpt", "trainer.precision=32-true"], tmp_path,
+                          "calibrate").trainer.precision == "32-true"  # an explicit choice wins

@@ -143,34 +143,38 @@ def check_flat_gate(value: Any) -> float:
     return gate
 
 
+def _checked_digits_on(key: str, value: Any, choices: Mapping[str, str], meaning: str) -> str:
+    """`value` (None: clean) if it is one of `choices`; a one-paragraph `UserError` naming `key` otherwise."""
+    value = "clean" if value is None else value
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of {list(choices)}: {meaning} (docs/out_of_domain.md).")
+    return value
+
+
 def check_unsure_on(value: Any) -> str:
     """`value` (None: clean) if it is one of UNSURE_ON; a one-paragraph `UserError` otherwise."""
-    value = "clean" if value is None else value
-    if value not in UNSURE_ON:
-        raise UserError(f"verdict_unsure_on={value!r} is not one of {list(UNSURE_ON)}: `clean` fixes the confidence "
-                        "threshold of the verdicts on the validation digits as they are, `writer_shift` on the same "
-                        "digits drawn as another writer might have made them (fewer answers confident, right more "
-                        "often on other people's handwriting; docs/out_of_domain.md).")
-    return value
+    return _checked_digits_on("verdict_unsure_on", value, UNSURE_ON,
+                              "`clean` fixes the confidence threshold of the verdicts on the validation digits as "
+                              "they are, `writer_shift` on the same digits drawn as another writer might have made "
+                              "them (fewer answers confident, right more often on other people's handwriting)")
 
 
 def check_stats_on(value: Any) -> str:
     """`value` (None: clean) if it is one of STATS_ON; a one-paragraph `UserError` otherwise."""
-    value = "clean" if value is None else value
-    if value not in STATS_ON:
-        raise UserError(f"verdict_stats_on={value!r} is not one of {list(STATS_ON)}: `clean` fits the detector's "
-                        "statistics on the training digits as they are, `writer_shift` on those and the same digits "
-                        "drawn as another writer might have made them (fewer shifted or corrupted digits rejected, "
-                        "non-digits told `unsure` a little more often; docs/out_of_domain.md).")
-    return value
+    return _checked_digits_on("verdict_stats_on", value, STATS_ON,
+                              "`clean` fits the detector's statistics on the training digits as they are, "
+                              "`writer_shift` on those and the same digits drawn as another writer might have made "
+                              "them (fewer shifted or corrupted digits rejected, non-digits told `unsure` a little "
+                              "more often)")
 
 
 def check_verdict_options(cfg: Mapping[str, Any]) -> VerdictRule:
     """The verdict keys of a train or calibrate config (`ood_score`, `verdict_unsure_on`, `verdict_stats_on`,
     `verdict_flat_gate`), checked before any work: the rule they make, or a one-paragraph `UserError` for the first
     bad one. A score the network cannot compute is swapped later, where the network is known."""
-    return VerdictRule(check_score(cfg.get("ood_score")) or DEFAULT_SCORE, check_unsure_on(cfg.get("verdict_unsure_on")),
-                       check_stats_on(cfg.get("verdict_stats_on")), check_flat_gate(cfg.get("verdict_flat_gate")))
+    return VerdictRule(check_score(cfg.get("ood_score")) or DEFAULT_SCORE,
+                       check_unsure_on(cfg.get("verdict_unsure_on")), check_stats_on(cfg.get("verdict_stats_on")),
+                       check_flat_gate(cfg.get("verdict_flat_gate")))
 
 
 class ConfidenceDigits(NamedTuple):

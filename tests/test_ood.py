@@ -200,7 +200,8 @@ def test_the_unsure_threshold_can_be_fixed_on_shifted_digits() -> None:
     # the same digits shifted: the same probabilities, every answer under 0.9 wrong
     shifted = answers_at(top1, labels, top1 < 0.9)
     clean = fit_detectors(outputs, digits, digits, 10, ("msp",))["msp"]
-    moved = fit_detectors(outputs, digits, digits, 10, ("msp",), confidence_on=ConfidenceDigits(shifted, labels, "shifted"))["msp"]
+    moved = fit_detectors(outputs, digits, digits, 10, ("msp",),
+                          confidence_on=ConfidenceDigits(shifted, labels, "shifted"))["msp"]
     assert clean.unsure_threshold == 0.5 and clean.info["unsure_fixed_on"] == "validation digits"
     assert moved.info["unsure_fixed_on"] == "shifted"
     assert moved.unsure_threshold == pytest.approx(float(top1[top1 >= 0.9][0]), rel=1e-6)
@@ -333,6 +334,13 @@ def test_fitted_thresholds_accept_99_percent_of_their_digits() -> None:
     stats, held, where = split_fit_data(train, None, limit=50)
     assert len(stats.labels) == len(held.labels) == 500 and "no validation split" in where
     assert torch.equal(stats.images, train.images[:500]) and torch.equal(held.images, train.images[-500:])
+    # verdict_stats_on=writer_shift: the statistics' digits and their shifted copies, the thresholds' as before
+    wider, same_held, said = split_fit_data(train, val, limit=50, also_shifted=lambda images: 255 - images)
+    assert torch.equal(wider.images, torch.cat([train.images[:500], 255 - train.images[:500]]))
+    assert torch.equal(wider.labels, torch.cat([train.labels[:500]] * 2))
+    assert torch.equal(same_held.images, val.images[:500])
+    assert said.startswith(f"statistics on 500 {STATS_ON['writer_shift']}")
+    assert STATS_ON["clean"] in split_fit_data(train, val, limit=50)[2]
 
 
 def test_a_stored_detector_is_used_and_unreadable_data_means_none() -> None:

@@ -256,25 +256,32 @@ def fit_detector(outputs: Outputs, stats: FitData, thresholds: FitData, num_clas
                          outliers, confidence_on, flat_gate)[score]
 
 
-def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None) -> tuple[FitData, FitData, str]:
+def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None,
+                   also_shifted: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> tuple[FitData, FitData, str]:
     """The training images for the statistics and the validation images for the thresholds (each capped at
     FIT_IMAGES / THRESHOLD_IMAGES, `limit` x 10 when given: a debug run's few), and a sentence saying which.
-    Without validation images, the last of the training images fix the thresholds, apart from the statistics'."""
+    Without validation images, the last of the training images fix the thresholds, apart from the statistics'.
+    `also_shifted` (uint8 images -> the same drawn as other writers', for verdict_stats_on=writer_shift) adds those
+    copies of the statistics' digits, with their labels."""
     fit_n, threshold_n = FIT_IMAGES, THRESHOLD_IMAGES
     if limit:
         fit_n, threshold_n = min(fit_n, 10 * limit), min(threshold_n, 10 * limit)
-    if val is not None and len(val.labels):
-        stats = FitData(train.images[:fit_n], train.labels[:fit_n])
-        held = FitData(val.images[:threshold_n], val.labels[:threshold_n])
-        where = (f"statistics on {len(stats.labels)} {STATS_ON['clean']}, thresholds on "
-                 f"{len(held.labels)} validation images")
-    else:
+    has_val = val is not None and len(val.labels)
+    if not has_val:
         threshold_n = min(threshold_n, len(train.labels) // 2)
         fit_n = min(fit_n, len(train.labels) - threshold_n)
-        stats = FitData(train.images[:fit_n], train.labels[:fit_n])
+    stats = FitData(train.images[:fit_n], train.labels[:fit_n])
+    described = f"statistics on {len(stats.labels)} {STATS_ON['clean' if also_shifted is None else 'writer_shift']}"
+    if also_shifted is not None:
+        stats = FitData(torch.cat([stats.images, also_shifted(stats.images)]), torch.cat([stats.labels] * 2))
+    if has_val:
+        held = FitData(val.images[:threshold_n], val.labels[:threshold_n])
+        where = f"{described}, thresholds on {len(held.labels)} validation images"
+    else:
         held = FitData(train.images[-threshold_n:], train.labels[-threshold_n:])
-        where = (f"statistics on {len(stats.labels)} training images, thresholds on {len(held.labels)} other "
-                 "training images (the run had no validation split: the thresholds are optimistic)")
+        where = (f"{described}, thresholds on {len(held.labels)} other training images (the run had no validation "
+                 "split: the thresholds are optimistic)")
     return stats, held, where
 
 

@@ -16,10 +16,8 @@ from vit_mnist.errors import UserError
 from vit_mnist.models.outputs import has_features
 from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
-    STATS_ON,
     UNSURE_ON,
     ConfidenceDigits,
-    FitData,
     VerdictRule,
     fit_data_from,
     fit_detector,
@@ -105,7 +103,10 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
     if verdicts:
         try:
             train, val_data = fit_data_from(datamodule)
-            plan = split_fit_data(train, val_data, limit)
+            # verdict_stats_on=writer_shift: the statistics' digits also drawn as other writers' (a feature score's)
+            shifted = (lambda images: writer_shifted(images, seed=1)) if rule.stats_on == "writer_shift" and features \
+                else None
+            plan = split_fit_data(train, val_data, limit, also_shifted=shifted)
         except UserError as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
     calibration_n = images_validation_sees(trainer, datamodule) if calibrate and has_val else 0
@@ -129,10 +130,6 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
     state = None
     if plan is not None:
         stats, thresholds, where = plan
-        if rule.stats_on == "writer_shift" and features:  # the digits and the same as another writer's
-            stats = FitData(torch.cat([stats.images, writer_shifted(stats.images, seed=1)]),
-                            torch.cat([stats.labels, stats.labels]))
-            where = where.replace(STATS_ON["clean"], STATS_ON["writer_shift"])
         reuse = (held[0][:threshold_n], None if held[1] is None else held[1][:threshold_n]) if threshold_n else None
         confidence_on = None
         if rule.unsure_on == "writer_shift":  # the same digits, drawn as another writer might have made them

@@ -98,6 +98,26 @@ def test_cct_tokenizer_pools_to_a_quarter_resolution_grid_of_local_features() ->
     assert "model.stem=cct" in str(error.value) and "multiples of 4" in str(error.value)
 
 
+@pytest.mark.parametrize("pool", ["seq", "cls"])
+def test_local_feed_forward_mixes_each_patch_token_with_its_grid_neighbours_only(pool: str) -> None:
+    config = ViTConfig(hidden_dim=32, depth=1, heads=2, mlp_dim=48, patch_size=4, pool=pool, ffn="leff")
+    model = VisionTransformer(config).eval()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    mlp, prefix = model.blocks[0].mlp, model.num_prefix_tokens
+    tokens = torch.randn(1, prefix + 49, 32)
+    moved = tokens.clone()
+    moved[:, prefix + 3 * 7 + 3] += 5.0  # the token at grid row 3, column 3
+    changed = (mlp(moved) - mlp(tokens)).abs().amax(dim=-1)[0, prefix:].reshape(7, 7) > 1e-6
+    near = torch.zeros(7, 7, dtype=torch.bool)
+    near[2:5, 2:5] = True  # the 3x3 convolution's reach: the token and its eight neighbours
+    assert torch.equal(changed, near)
+    if prefix:  # the CLS token skips the convolution: a patch token moved does not move it
+        assert torch.equal(mlp(moved)[:, 0], mlp(tokens)[:, 0])
+    # the plain feed-forward is per token: only the moved token changes
+    plain = VisionTransformer(dataclasses.replace(config, ffn="mlp")).eval().blocks[0].mlp
+    assert int(((plain(moved) - plain(tokens)).abs().amax(dim=-1) > 1e-6).sum()) == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
@@ -107,6 +127,7 @@ def test_cct_tokenizer_pools_to_a_quarter_resolution_grid_of_local_features() ->
         ({"depth": 0}, ["model.depth=0"]),
         ({"dropout": 1.5}, ["model.dropout=1.5"]),
         ({"pos_init": "zeros"}, ["model.pos_init='zeros'"]),
+        ({"ffn": "conv"}, ["model.ffn='conv'", "mlp", "leff"]),
         ({"hidden_dim": 6, "heads": 2}, ["model.pos_init=sincos", "model.hidden_dim=6", "divisible by 4"]),
     ],
 )
@@ -135,7 +156,7 @@ def test_sincos_positions_tell_every_patch_apart_and_encode_distance() -> None:
 def test_cpu_bf16_attention_avoids_the_slow_bf16_kernel(monkeypatch: pytest.MonkeyPatch, tokens: int,
                                                         sdpa_dtypes: list) -> None:
     # torch's bf16 CPU flash-attention backward is many times slower than fp32's: short sequences take explicit bf16
-    # products around an fp32 softmax, longer ones fp32 SDPA; both must agree with the fp32 attention
+    # products around a bf16 softmax, longer ones fp32 SDPA; both must agree with the fp32 attention
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 

@@ -13,6 +13,7 @@ POOLS = ("cls", "mean", "seq")
 STEMS = ("patch", "conv", "conv2", "cct")
 TOKENIZERS = ("patch", "spt")
 ATTENTIONS = ("mhsa", "lsa")
+FFNS = ("mlp", "leff")
 POS_INITS = ("sincos", "random")
 INPUT_NORMS = ("none", "tophat")
 # up to this many tokens, bf16 attention on a CPU runs as explicit products: whole train steps 1.2-1.5x faster
@@ -57,6 +58,9 @@ class ViTConfig:
     tokenizer: str = "patch"
     attention: str = "mhsa"
     distill_token: bool = False
+    # the blocks' feed-forward: mlp, or leff (a depthwise 3x3 convolution over the token grid inside it, after
+    # CeiT's locally-enhanced feed-forward, Yuan et al., 2021)
+    ffn: str = "mlp"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -124,6 +128,10 @@ class ViTConfig:
             raise ValueError(f"model.attention={self.attention!r} is not one of {list(ATTENTIONS)}: `mhsa` is the "
                              "standard multi-head self-attention; `lsa` (locality self-attention) learns its softmax "
                              "temperature and masks each token's attention to itself.")
+        if self.ffn not in FFNS:
+            raise ValueError(f"model.ffn={self.ffn!r} is not one of {list(FFNS)}: `mlp` is the standard two-layer "
+                             "feed-forward of each block; `leff` adds a depthwise 3x3 convolution over the token grid "
+                             "between its two layers.")
         if not isinstance(self.distill_token, bool):
             raise ValueError(f"model.distill_token={self.distill_token!r} must be true or false.")
         if self.pos_init == "sincos" and hidden_dim % 4:
@@ -290,10 +298,11 @@ class Attention(nn.Module):
             if q.dtype == torch.bfloat16 and q.device.type == "cpu" and N <= CPU_BF16_EXPLICIT_TOKENS:
                 # torch's CPU flash-attention backward is ~12x slower in bf16 than in fp32 at these sizes
                 # (docs/benchmark.md); for short sequences two bf16 batched products around an fp32 softmax beat
-                # flash attention in fp32 too
-                scores = self._masked((q @ k.transpose(-2, -1)).float() * scale, mask)
-                probs = F.dropout(scores.softmax(dim=-1), dropout_p, self.training).to(q.dtype)
-                x = probs @ v
+                # flash attention in fp32 too. The scale goes on q (heads x fewer numbers than the scores) and the
+                # softmax stays in bf16 (its CPU kernel sums in fp32): no fp32 copy of the scores each way, `fast`'s
+                # train step 43 -> 36 ms (docs/results.md#fast)
+                scores = self._masked((q * scale) @ k.transpose(-2, -1), mask)
+                x = F.dropout(scores.softmax(dim=-1), dropout_p, self.training) @ v
             elif q.dtype == torch.bfloat16 and q.device.type == "cpu":
                 # longer sequences: the fp32 flash kernel, outside autocast (which would cast its inputs back)
                 with torch.autocast("cpu", enabled=False):
@@ -324,6 +333,27 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class LocalMlp(Mlp):
+    """The feed-forward with a depthwise 3x3 convolution over the patch tokens' grid between its two layers, added
+    to the expanded tokens (after CeiT's locally-enhanced feed-forward, Yuan et al., 2021): each token mixes with its
+    neighbours in every block, the locality a CNN has at each layer; CLS/distillation tokens skip the convolution."""
+
+    def __init__(self, dim: int, hidden: int, grid_size: int, num_prefix_tokens: int, dropout: float = 0.0):
+        super().__init__(dim, hidden, dropout)
+        self.grid_size, self.num_prefix_tokens = grid_size, num_prefix_tokens
+        self.local = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                   nn.BatchNorm2d(hidden), nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(self.act(self.fc1(x)))
+        prefix, patches = h[:, :self.num_prefix_tokens], h[:, self.num_prefix_tokens:]
+        B, N, C = patches.shape
+        grid = patches.transpose(1, 2).reshape(B, C, self.grid_size, self.grid_size)
+        local = self.local(grid).flatten(2).transpose(1, 2)
+        h = torch.cat([prefix, patches + local], dim=1) if self.num_prefix_tokens else patches + local
+        return self.drop(self.fc2(h))
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop a whole residual branch per sample during training."""
 
@@ -342,12 +372,12 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0, drop_path: float = 0.0,
-                 locality: bool = False):
+                 locality: bool = False, mlp: Mlp | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout, locality)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_dim, dropout)
+        self.mlp = mlp if mlp is not None else Mlp(dim, mlp_dim, dropout)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -393,8 +423,8 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(config.dropout)
         rates = torch.linspace(0, config.drop_path, config.depth).tolist()  # deeper blocks dropped more often
         locality = config.attention == "lsa"
-        self.blocks = nn.ModuleList(Block(dim, config.heads, config.mlp_dim, config.dropout, r, locality)
-                                    for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, config.heads, config.mlp_dim, config.dropout, r, locality,
+                                          self._feed_forward(config)) for r in rates)
         self.norm = nn.LayerNorm(dim)
         if self.pool == "seq":
             self.attention_pool = nn.Linear(dim, 1)  # one score per token; their softmax weighs the average
@@ -402,6 +432,12 @@ class VisionTransformer(nn.Module):
         if config.distill_token:
             self.head_dist = nn.Linear(dim, config.num_classes)  # reads the distillation token
         self._init_weights()
+
+    def _feed_forward(self, config: ViTConfig) -> Mlp:
+        if config.ffn == "leff":
+            return LocalMlp(config.hidden_dim, config.mlp_dim, self.patch_embed.grid_size, self.num_prefix_tokens,
+                            config.dropout)
+        return Mlp(config.hidden_dim, config.mlp_dim, config.dropout)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters to train without weight decay besides norms and biases (as timm's ViT):

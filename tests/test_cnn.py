@@ -200,7 +200,7 @@ def test_init_from_same_arch_loads_and_cross_arch_refuses(trained: tuple[Path, d
         (["model.dropout=1.0"], "model.dropout=1.0 must be in [0, 1)"),
         (["model.arch=resnet"], "model.arch='resnet' is not a network this project builds"),
         (["experiment=fast"], "model.patch_size, model.hidden_dim, model.depth, model.heads, model.mlp_dim, "
-                              "model.stem, model.pool, model.drop_path are not options of model=cnn"),
+                              "model.stem, model.pool, model.ffn, model.drop_path are not options of model=cnn"),
     ],
 )
 def test_bad_cnn_config_values_give_their_message(overrides: list[str], message: str, tmp_path: Path) -> None:

@@ -297,10 +297,10 @@ class Attention(nn.Module):
             dropout_p = self.attn_dropout if self.training else 0.0
             if q.dtype == torch.bfloat16 and q.device.type == "cpu" and N <= CPU_BF16_EXPLICIT_TOKENS:
                 # torch's CPU flash-attention backward is ~12x slower in bf16 than in fp32 at these sizes
-                # (docs/benchmark.md); for short sequences two bf16 batched products around an fp32 softmax beat
-                # flash attention in fp32 too. The scale goes on q (heads x fewer numbers than the scores) and the
-                # softmax stays in bf16 (its CPU kernel sums in fp32): no fp32 copy of the scores each way, `fast`'s
-                # train step 43 -> 36 ms (docs/results.md#fast)
+                # (docs/benchmark.md); for short sequences two bf16 batched products around a softmax beat flash
+                # attention in fp32 too. The scale goes on q (fewer numbers than the scores) and the softmax runs on
+                # the bf16 scores (its CPU kernel sums in fp32): no fp32 copy of the scores each way, `fast`'s train
+                # step 40.8 -> 35.5 ms (docs/results.md#fast)
                 scores = self._masked((q * scale) @ k.transpose(-2, -1), mask)
                 x = F.dropout(scores.softmax(dim=-1), dropout_p, self.training) @ v
             elif q.dtype == torch.bfloat16 and q.device.type == "cpu":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -104,8 +105,7 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         try:
             train, val_data = fit_data_from(datamodule)
             # verdict_stats_on=writer_shift: the statistics' digits also drawn as other writers' (a feature score's)
-            shifted = (lambda images: writer_shifted(images, seed=1)) if rule.stats_on == "writer_shift" and features \
-                else None
+            shifted = partial(writer_shifted, seed=1) if rule.stats_on == "writer_shift" and features else None
             plan = split_fit_data(train, val_data, limit, also_shifted=shifted)
         except UserError as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)

@@ -13,7 +13,7 @@ from vit_mnist.data.datamodule import check_loader_options, check_styles
 from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError
 from vit_mnist.models.registry import network_config
-from vit_mnist.ood.detector import check_verdict_options
+from vit_mnist.ood.detector import VerdictRule, check_verdict_options
 from vit_mnist.runtime.hardware import warn_if_slow_bf16
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options
@@ -34,8 +34,9 @@ def check_model(model_cfg: Any) -> None:
         raise UserError(str(e)) from e
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check the parts of a composed training config that would fail late (model shape, dataset, options)."""
+def validate(cfg: DictConfig) -> VerdictRule:
+    """Check the parts of a composed training config that would fail late (model shape, dataset, options); return
+    the verdict rule its keys make (for the after-fit step, so they are checked here only)."""
     spec = get_spec(cfg.data.name)
     m = cfg.model
     check_model(m)
@@ -51,13 +52,14 @@ def validate(cfg: DictConfig) -> None:
                          d.get("num_workers", 0))
     check_training_options(cfg)
     check_loggers(cfg.get("logger"))
-    check_verdict_options(cfg)  # the verdicts' detector, fitted after training
+    rule = check_verdict_options(cfg)  # the verdicts' detector, fitted after training
     check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
     outlier_exposure_from(cfg.get("outlier_exposure"), spec.name)  # its own checks; the pool is made later
     ema = (cfg.get("callbacks") or {}).get("ema")
     if ema:
         check_ema_options(ema.get("decay", 0.999), ema.get("update_starting_at_step"),
                           ema.get("update_starting_at_fraction"))
+    return rule
 
 
 def check_loggers(loggers: Any) -> None:
@@ -98,9 +100,10 @@ def check_training_options(cfg: DictConfig) -> None:
                         "and digits of each digit set), or null for all of them.")
 
 
-def check_before_run(cfg: DictConfig) -> None:
-    """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed)."""
-    validate(cfg)
+def check_before_run(cfg: DictConfig) -> VerdictRule:
+    """Everything that can be checked before work starts: the config, then the dataset files (downloaded if allowed).
+    Returns the verdict rule of the config (`validate`)."""
+    rule = validate(cfg)
     check_accelerator(cfg.trainer)
     warn_if_slow_bf16(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     check_init_from(cfg.model)
@@ -109,3 +112,4 @@ def check_before_run(cfg: DictConfig) -> None:
         raise UserError(f"ckpt_path={ckpt_path} is not a file: give the path of a checkpoint to resume from, "
                         "e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt.")
     ensure_files(get_spec(cfg.data.name), cfg.paths.data_dir, download=cfg.data.download)
+    return rule

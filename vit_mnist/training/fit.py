@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
-from vit_mnist.ood.detector import check_verdict_options
+from vit_mnist.ood.detector import VerdictRule
 from vit_mnist.reports.classification import (
     summary_metrics,
     tensorboard_writers,
@@ -108,12 +108,12 @@ def compile_network(net: torch.nn.Module, setting: bool | str) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Check the config once, then fit, test with the best checkpoint, write `metrics.json` and reports; return
     the metrics. Under DDP every rank runs it (vit_mnist.training.distributed)."""
-    check_before_run(cfg)
+    rule = check_before_run(cfg)
     with hydra_ddp_job():
-        return _fit_and_test(cfg)
+        return _fit_and_test(cfg, rule)
 
 
-def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
+def _fit_and_test(cfg: DictConfig, rule: VerdictRule) -> dict[str, Any]:
     started = time.perf_counter()
     seed = L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
@@ -148,7 +148,7 @@ def _fit_and_test(cfg: DictConfig) -> dict[str, Any]:
         calibrate, verdicts = keep and cfg.get("calibrate", True), keep and cfg.get("verdicts", True)
         if calibrate or verdicts:  # into the best checkpoint, before it is tested
             metrics.update(timed(metrics, "calibration_and_detector", fit_after_training, trainer, module, datamodule, best,
-                                 calibrate=calibrate, verdicts=verdicts, rule=check_verdict_options(cfg),
+                                 calibrate=calibrate, verdicts=verdicts, rule=rule,
                                  limit=cfg.get("robustness_images")))
         if cfg.get("test"):
             module.warn_uncalibrated = calibrate  # its own choice, not an old checkpoint

@@ -303,17 +303,22 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     # the confidence fixed on the same digits drawn as other writers', the statistics on both: recorded
     calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
                                          "data.eval_batch_size=100", "verdict_unsure_on=writer_shift",
-                                         "verdict_stats_on=writer_shift", "verdict_flat_gate=0.12"],
+                                         "verdict_stats_on=writer_shift", "verdict_flat_gate=0.12",
+                                         "verdict_shift_strength=0.5"],
                                         tmp_path / "cal2", "calibrate"))
     shifted = torch.load(ckpt, weights_only=True)["ood_detector"]
-    assert shifted["info"]["unsure_fixed_on"] == UNSURE_ON["writer_shift"] and shifted["flat_threshold"] == 0.12
+    # at half the shift's strength, which both descriptions record
+    assert shifted["info"]["unsure_fixed_on"].startswith(UNSURE_ON["writer_shift"][:-len("(writer shift)")])
+    assert "(writer shift at strength 0.5)" in shifted["info"]["unsure_fixed_on"] and shifted["flat_threshold"] == 0.12
     assert after["ood_detector"]["flat_threshold"] == 0.0
     assert STATS_ON["clean"] in after["ood_detector"]["info"]["fitted_on"]
-    assert STATS_ON["writer_shift"] in shifted["info"]["fitted_on"]
+    half = STATS_ON["writer_shift"].replace("(writer shift)", "(writer shift at strength 0.5)")
+    assert half in shifted["info"]["fitted_on"]
     assert shifted["info"]["statistics_images"] == 2 * after["ood_detector"]["info"]["statistics_images"]
 
 
-@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on", "stats_on", "flat_gate"])
+@pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on", "stats_on", "flat_gate",
+                                  "shift_strength"])
 def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.evaluation.calibrate import calibrate_checkpoint
 
@@ -324,10 +329,10 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     elif case == "nothing_to_fit":
         torch.save({"weights": torch.zeros(3)}, path)
         extra = ["calibrate=false", "verdicts=false"]
-    elif case in ("unsure_on", "stats_on", "flat_gate"):
+    elif case in ("unsure_on", "stats_on", "flat_gate", "shift_strength"):
         torch.save({"weights": torch.zeros(3)}, path)
         extra = [{"unsure_on": "verdict_unsure_on=writers", "stats_on": "verdict_stats_on=augmented",
-                  "flat_gate": "verdict_flat_gate=0.7"}[case]]
+                  "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2"}[case]]
     before = path.read_bytes() if path.exists() else None
     cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", *extra],
                          tmp_path / "cal", "calibrate")
@@ -337,7 +342,7 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     assert "\n" not in message.strip() and len(message) > 40
     assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit",
             "unsure_on": "verdict_unsure_on='writers'", "stats_on": "verdict_stats_on='augmented'",
-            "flat_gate": "verdict_flat_gate=0.7"}[case] in message
+            "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2"}[case] in message
     assert (path.read_bytes() if path.exists() else None) == before
 
 

@@ -25,6 +25,7 @@ from vit_mnist.ood.detector import (
     OODDetector,
     VerdictRule,
     check_flat_gate,
+    check_shift_strength,
     check_stats_on,
     check_unsure_on,
     check_verdict_options,
@@ -223,6 +224,18 @@ def test_the_verdict_keys_make_one_rule_and_refuse_bad_names() -> None:
     assert set(STATS_ON) == set(UNSURE_ON)
     with pytest.raises(UserError, match=r"verdict_stats_on='augmented' is not one of \['clean', 'writer_shift'\]"):
         check_stats_on("augmented")
+
+
+def test_the_shift_strength_is_recorded_and_refused_outside_zero_to_one() -> None:
+    rule = check_verdict_options({"verdict_unsure_on": "writer_shift", "verdict_shift_strength": "0.25"})
+    assert rule.shift_strength == 0.25 and check_verdict_options({}).shift_strength == 1.0
+    # the stored descriptions say how strong the shift was; the full shift reads as before
+    assert rule.shifted(UNSURE_ON["writer_shift"]).endswith("(writer shift at strength 0.25)")
+    assert VerdictRule().shifted(UNSURE_ON["writer_shift"]) == UNSURE_ON["writer_shift"]
+    assert rule.shifted(UNSURE_ON["clean"]) == UNSURE_ON["clean"]
+    for bad in (0, 1.5, -0.2, "mild", math.nan):
+        with pytest.raises(UserError, match=r"verdict_shift_strength=.* is not in \(0, 1\]: it scales"):
+            check_shift_strength(bad)
 
 
 def detector(**kwargs) -> OODDetector:

@@ -127,6 +127,12 @@ class VerdictRule(NamedTuple):
     unsure_on: str = "clean"
     stats_on: str = "clean"
     flat_gate: float = 0.0
+    shift_strength: float = 1.0
+
+    def shifted(self, what: str) -> str:
+        """How UNSURE_ON/STATS_ON's writer shift reads with this rule's strength (recorded in the detector)."""
+        return what if self.shift_strength == 1.0 else what.replace(
+            "(writer shift)", f"(writer shift at strength {self.shift_strength:g})")
 
 
 def check_flat_gate(value: Any) -> float:
@@ -141,6 +147,20 @@ def check_flat_gate(value: Any) -> float:
                         "calibrated top-1 probability is below it are out_of_domain (barely surer than chance over "
                         "the classes, e.g. 0.12 for 10 digits); 0 turns the gate off (docs/out_of_domain.md).")
     return gate
+
+
+def check_shift_strength(value: Any) -> float:
+    """`value` (None: 1, the full shift) as a strength in (0, 1]; a one-paragraph `UserError` otherwise."""
+    try:
+        strength = 1.0 if value is None else float(value)
+    except (TypeError, ValueError):
+        strength = math.nan
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"verdict_shift_strength={value!r} is not in (0, 1]: it scales every range of the writer "
+                        "shift that verdict_unsure_on=writer_shift and verdict_stats_on=writer_shift draw the digits "
+                        "through (1: the full shift, for a recipe trained with the handwriting augmentation; 0.25: "
+                        "`fast`'s milder one; docs/out_of_domain.md).")
+    return strength
 
 
 def _checked_digits_on(key: str, value: Any, choices: Mapping[str, str], meaning: str) -> str:
@@ -170,11 +190,12 @@ def check_stats_on(value: Any) -> str:
 
 def check_verdict_options(cfg: Mapping[str, Any]) -> VerdictRule:
     """The verdict keys of a train or calibrate config (`ood_score`, `verdict_unsure_on`, `verdict_stats_on`,
-    `verdict_flat_gate`), checked before any work: the rule they make, or a one-paragraph `UserError` for the first
+    `verdict_flat_gate`, `verdict_shift_strength`), checked before any work: the rule they make, or a one-paragraph `UserError` for the first
     bad one. A score the network cannot compute is swapped later, where the network is known."""
     return VerdictRule(check_score(cfg.get("ood_score")) or DEFAULT_SCORE,
                        check_unsure_on(cfg.get("verdict_unsure_on")), check_stats_on(cfg.get("verdict_stats_on")),
-                       check_flat_gate(cfg.get("verdict_flat_gate")))
+                       check_flat_gate(cfg.get("verdict_flat_gate")),
+                       check_shift_strength(cfg.get("verdict_shift_strength")))
 
 
 class ConfidenceDigits(NamedTuple):

@@ -105,7 +105,8 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         try:
             train, val_data = fit_data_from(datamodule)
             # verdict_stats_on=writer_shift: the statistics' digits also drawn as other writers' (a feature score's)
-            shifted = partial(writer_shifted, seed=1) if rule.stats_on == "writer_shift" and features else None
+            shifted = (partial(writer_shifted, seed=1, strength=rule.shift_strength)
+                       if rule.stats_on == "writer_shift" and features else None)
             plan = split_fit_data(train, val_data, limit, also_shifted=shifted)
         except UserError as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
@@ -130,11 +131,12 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
     state = None
     if plan is not None:
         stats, thresholds, where = plan
+        where = rule.shifted(where)
         reuse = (held[0][:threshold_n], None if held[1] is None else held[1][:threshold_n]) if threshold_n else None
         confidence_on = None
         if rule.unsure_on == "writer_shift":  # the same digits, drawn as another writer might have made them
-            shifted_logits = outputs(writer_shifted(thresholds.images))[0]
-            confidence_on = ConfidenceDigits(shifted_logits, thresholds.labels, UNSURE_ON[rule.unsure_on])
+            shifted_logits = outputs(writer_shifted(thresholds.images, strength=rule.shift_strength))[0]
+            confidence_on = ConfidenceDigits(shifted_logits, thresholds.labels, rule.shifted(UNSURE_ON[rule.unsure_on]))
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
                                     scorer.temperature, held_outputs=reuse,

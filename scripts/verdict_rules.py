@@ -72,8 +72,9 @@ def main(ckpt_path: str, data_dir: str) -> None:
     seen.update({name: (outputs(images, name), None) for name, images in {**non_digits, "check": check}.items()})
 
     (val_probs, val_scores), val_labels = seen["val"]
-    if detector.info.get("unsure_fixed_on") == UNSURE_ON["writer_shift"]:  # as the run fixed it
-        val_probs = outputs(writer_shifted(val.images[:THRESHOLD_IMAGES]), "shifted val")[0]
+    if detector.info.get("unsure_fixed_on", "").startswith(UNSURE_ON["writer_shift"][:-1]):  # as the run fixed it
+        strength = float(detector.info.get("shift_strength", 1.0))
+        val_probs = outputs(writer_shifted(val.images[:THRESHOLD_IMAGES], strength=strength), "shifted val")[0]
     top1, preds = val_probs.max(dim=-1)
     unsure = confidence_threshold(top1, preds == val_labels)
     columns = ["clean", "corrupted", "other writers", "other writers right when confident", "check confident",

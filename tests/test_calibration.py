@@ -313,7 +313,8 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     assert after["ood_detector"]["flat_threshold"] == 0.0
     assert STATS_ON["clean"] in after["ood_detector"]["info"]["fitted_on"]
     half = STATS_ON["writer_shift"].replace("(writer shift)", "(writer shift at strength 0.5)")
-    assert half in shifted["info"]["fitted_on"]
+    assert half in shifted["info"]["fitted_on"] and shifted["info"]["shift_strength"] == 0.5
+    assert "shift_strength" not in after["ood_detector"]["info"]  # no shift in the default rule
     assert shifted["info"]["statistics_images"] == 2 * after["ood_detector"]["info"]["statistics_images"]
 
 

@@ -146,6 +146,8 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)
         else:
             detector.info["fitted_on"] = where
+            if "writer_shift" in (rule.unsure_on, rule.stats_on):
+                detector.info["shift_strength"] = rule.shift_strength
             state = detector.state_dict()
             log.info("Out-of-domain detector: %s; %s; %s (%.1f%% of the digits accepted)", detector.describe(), where,
                      detector.describe_thresholds(), 100 * detector.info["digit_acceptance"])

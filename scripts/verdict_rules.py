@@ -39,7 +39,7 @@ from vit_mnist.training.after_fit import CHECK_IMAGES
 from vit_mnist.training.checkpoints import load_module, read_checkpoint, trained_dataset
 
 # (acceptance, flat gate): the detector's levels, one looser level, and the flat-softmax gate
-RULES = [(level, 0.0) for level in (*ACCEPTANCE_LEVELS, 0.999)] + [(0.998, 0.12), (0.998, 0.15)]
+RULES = [(level, 0.0) for level in (*ACCEPTANCE_LEVELS, 0.999)] + [(0.998, 0.12), (0.998, 0.15), (0.999, 0.12)]
 
 
 def main(ckpt_path: str, data_dir: str) -> None:

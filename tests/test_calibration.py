@@ -304,7 +304,7 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
                                          "data.eval_batch_size=100", "verdict_unsure_on=writer_shift",
                                          "verdict_stats_on=writer_shift", "verdict_flat_gate=0.12",
-                                         "verdict_shift_strength=0.5"],
+                                         "verdict_shift_strength=0.5", "verdict_max_acceptance=0.99"],
                                         tmp_path / "cal2", "calibrate"))
     shifted = torch.load(ckpt, weights_only=True)["ood_detector"]
     # at half the shift's strength, which both descriptions record
@@ -315,11 +315,13 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     half = STATS_ON["writer_shift"].replace("(writer shift)", "(writer shift at strength 0.5)")
     assert half in shifted["info"]["fitted_on"] and shifted["info"]["shift_strength"] == 0.5
     assert "shift_strength" not in after["ood_detector"]["info"]  # no shift in the default rule
+    assert shifted["info"]["digit_acceptance"] == 0.99  # capped at the floor: no looser acceptance tried
+    assert after["ood_detector"]["info"]["digit_acceptance"] > 0.99  # where the default rule took a looser one
     assert shifted["info"]["statistics_images"] == 2 * after["ood_detector"]["info"]["statistics_images"]
 
 
 @pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on", "stats_on", "flat_gate",
-                                  "shift_strength"])
+                                  "shift_strength", "max_acceptance"])
 def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.evaluation.calibrate import calibrate_checkpoint
 
@@ -330,10 +332,11 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     elif case == "nothing_to_fit":
         torch.save({"weights": torch.zeros(3)}, path)
         extra = ["calibrate=false", "verdicts=false"]
-    elif case in ("unsure_on", "stats_on", "flat_gate", "shift_strength"):
+    elif case in ("unsure_on", "stats_on", "flat_gate", "shift_strength", "max_acceptance"):
         torch.save({"weights": torch.zeros(3)}, path)
         extra = [{"unsure_on": "verdict_unsure_on=writers", "stats_on": "verdict_stats_on=augmented",
-                  "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2"}[case]]
+                  "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2",
+                  "max_acceptance": "verdict_max_acceptance=0.97"}[case]]
     before = path.read_bytes() if path.exists() else None
     cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", *extra],
                          tmp_path / "cal", "calibrate")
@@ -343,7 +346,8 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     assert "\n" not in message.strip() and len(message) > 40
     assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit",
             "unsure_on": "verdict_unsure_on='writers'", "stats_on": "verdict_stats_on='augmented'",
-            "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2"}[case] in message
+            "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2",
+            "max_acceptance": "verdict_max_acceptance=0.97"}[case] in message
     assert (path.read_bytes() if path.exists() else None) == before
 
 

@@ -25,6 +25,7 @@ from vit_mnist.ood.detector import (
     OODDetector,
     VerdictRule,
     check_flat_gate,
+    check_max_acceptance,
     check_shift_strength,
     check_stats_on,
     check_unsure_on,
@@ -43,6 +44,7 @@ from vit_mnist.ood.scores import (
     mahalanobis_score,
 )
 from vit_mnist.ood.thresholds import (
+    acceptance_levels,
     acceptance_threshold,
     confidence_threshold,
     loosest_acceptance,
@@ -224,6 +226,22 @@ def test_the_verdict_keys_make_one_rule_and_refuse_bad_names() -> None:
     assert set(STATS_ON) == set(UNSURE_ON)
     with pytest.raises(UserError, match=r"verdict_stats_on='augmented' is not one of \['clean', 'writer_shift'\]"):
         check_stats_on("augmented")
+
+
+def test_the_loosest_acceptance_stops_at_the_rules_cap() -> None:
+    digits = torch.arange(1000, dtype=torch.float64)  # digit scores 0..999
+    far, sure = torch.full((100,), 5000.0), torch.ones(100, dtype=torch.bool)  # rejected at every level
+    assert loosest_acceptance(digits, far, sure) == (0.998, 0.0)  # the default cap
+    assert loosest_acceptance(digits, far, sure, acceptance_levels(0.999)) == (0.999, 0.0)
+    assert loosest_acceptance(digits, far, sure, acceptance_levels(0.99)) == (0.99, 0.0)
+    # a check image that only the loosest threshold accepts, sure: more than the allowed rise is let through
+    edge = torch.cat([torch.full((2,), 998.0), torch.full((98,), 5000.0)])
+    assert loosest_acceptance(digits, edge, sure, acceptance_levels(0.999), rise=0.01) == (0.998, 0.0)
+    assert check_max_acceptance(None) == 0.998 and check_max_acceptance("0.999") == 0.999
+    assert check_verdict_options({"verdict_max_acceptance": 0.995}).max_acceptance == 0.995
+    for bad in (0.98, 1.0, "all"):
+        with pytest.raises(UserError, match=r"verdict_max_acceptance=.* is not one of \[0.99, 0.995, 0.998, 0.999\]"):
+            check_max_acceptance(bad)
 
 
 def test_the_shift_strength_is_recorded_and_refused_outside_zero_to_one() -> None:

@@ -14,9 +14,12 @@ from vit_mnist.errors import UserError
 from vit_mnist.ood.scores import SCORES, Score
 from vit_mnist.ood.scores import check_score as _check_score
 from vit_mnist.ood.thresholds import (
+    ACCEPTANCE_LEVELS,
     CONFIDENT_PRECISION,
     DIGIT_ACCEPTANCE,
+    MAX_ACCEPTANCES,
     MIN_CONFIDENCE,
+    acceptance_levels,
     acceptance_threshold,
     confidence_threshold,
     loosest_acceptance,
@@ -121,13 +124,15 @@ STATS_ON = {"clean": "training images (no augmentation)",
 
 class VerdictRule(NamedTuple):
     """How a run's detector is fitted (the train and calibrate configs' verdict keys, checked): the score, what the
-    unsure threshold and the statistics are fixed on, and the flat-softmax gate."""
+    unsure threshold and the statistics are fixed on, the flat-softmax gate, the writer shift's strength and the
+    loosest digit acceptance the out-of-domain threshold may take."""
 
     score: str = DEFAULT_SCORE
     unsure_on: str = "clean"
     stats_on: str = "clean"
     flat_gate: float = 0.0
     shift_strength: float = 1.0
+    max_acceptance: float = ACCEPTANCE_LEVELS[-1]
 
     def shifted(self, what: str) -> str:
         """How UNSURE_ON/STATS_ON's writer shift reads with this rule's strength (recorded in the detector)."""
@@ -163,6 +168,20 @@ def check_shift_strength(value: Any) -> float:
     return strength
 
 
+def check_max_acceptance(value: Any) -> float:
+    """`value` (None: the default, ACCEPTANCE_LEVELS' loosest) if it is one of MAX_ACCEPTANCES; a one-paragraph
+    `UserError` otherwise."""
+    if value is None:
+        return ACCEPTANCE_LEVELS[-1]
+    try:
+        return next(level for level in MAX_ACCEPTANCES if math.isclose(float(value), level))
+    except (TypeError, ValueError, StopIteration):
+        raise UserError(f"verdict_max_acceptance={value!r} is not one of {list(MAX_ACCEPTANCES)}: the loosest share "
+                        "of the validation digits the out-of-domain threshold may accept, where non-digit check "
+                        "images show it lets hardly more of them through to `confident` (0.998 by default; 0.999 in "
+                        "robust_vit, with its flat gate; docs/out_of_domain.md).") from None
+
+
 def _checked_digits_on(key: str, value: Any, choices: Mapping[str, str], meaning: str) -> str:
     """`value` (None: clean) if it is one of `choices`; a one-paragraph `UserError` naming `key` otherwise."""
     value = "clean" if value is None else value
@@ -190,12 +209,13 @@ def check_stats_on(value: Any) -> str:
 
 def check_verdict_options(cfg: Mapping[str, Any]) -> VerdictRule:
     """The verdict keys of a train or calibrate config (`ood_score`, `verdict_unsure_on`, `verdict_stats_on`,
-    `verdict_flat_gate`, `verdict_shift_strength`), checked before any work: the rule they make, or a one-paragraph `UserError` for the first
-    bad one. A score the network cannot compute is swapped later, where the network is known."""
+    `verdict_flat_gate`, `verdict_shift_strength`, `verdict_max_acceptance`), checked before any work: the rule they
+    make, or a one-paragraph `UserError` for the first bad one. A score the network cannot compute is swapped later, where the network is known."""
     return VerdictRule(check_score(cfg.get("ood_score")) or DEFAULT_SCORE,
                        check_unsure_on(cfg.get("verdict_unsure_on")), check_stats_on(cfg.get("verdict_stats_on")),
                        check_flat_gate(cfg.get("verdict_flat_gate")),
-                       check_shift_strength(cfg.get("verdict_shift_strength")))
+                       check_shift_strength(cfg.get("verdict_shift_strength")),
+                       check_max_acceptance(cfg.get("verdict_max_acceptance")))
 
 
 class ConfidenceDigits(NamedTuple):
@@ -220,15 +240,15 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
                   held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                   outliers: torch.Tensor | None = None,
                   confidence_on: ConfidenceDigits | None = None,
-                  flat_gate: float = 0.0) -> dict[str, OODDetector]:
+                  flat_gate: float = 0.0, max_acceptance: float = ACCEPTANCE_LEVELS[-1]) -> dict[str, OODDetector]:
     """A detector for each of `scores`, from one pass over each set of digits: the statistics on `stats`, the
     thresholds on `thresholds` (disjoint digits: a score fitted and thresholded on the same images would accept
     them too easily). `outputs` maps uint8 images to (logits, features); `held_outputs`, when given, are the
     thresholds' images' already (the after-fit step's one pass over validation). With `outliers` (uint8 non-digit
     check images, never a benchmark's or a training pool's), the score accepts more than DIGIT_ACCEPTANCE of the
-    digits where that lets hardly more of them through to `confident` (`loosest_acceptance`). `confidence_on`
-    fixes the unsure threshold on other digits than the thresholds' own (`ConfidenceDigits`); `flat_gate` is the detectors' `flat_threshold`. A score that needs
-    features is left out when the network gives none, unless it is the only one asked for (a `UserError`)."""
+    digits where that lets hardly more of them through to `confident` (`loosest_acceptance`, up to
+    `max_acceptance`). `confidence_on` fixes the unsure threshold on other digits than the thresholds' own
+    (`ConfidenceDigits`); `flat_gate` is the detectors' `flat_threshold`. A score that needs features is left out when the network gives none, unless it is the only one asked for (a `UserError`)."""
     chosen = {name: SCORES[name]() for name in scores}
     needing = [name for name, s in chosen.items() if s.needs_features]
     if needing:
@@ -258,7 +278,8 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
         digit_scores, acceptance = detector.scores(logits, features), DIGIT_ACCEPTANCE
         if checked is not None:
             sure = (checked[0].double() / temperature).softmax(dim=-1).max(dim=-1).values >= unsure
-            acceptance, share = loosest_acceptance(digit_scores, detector.scores(*checked), sure)
+            acceptance, share = loosest_acceptance(digit_scores, detector.scores(*checked), sure,
+                                                   acceptance_levels(max_acceptance))
             detector.info.update({"outlier_check_images": len(outliers), "outlier_check_confident": share})
         detector.ood_threshold = acceptance_threshold(digit_scores, acceptance)
         detector.info["digit_acceptance"] = acceptance
@@ -271,10 +292,10 @@ def fit_detector(outputs: Outputs, stats: FitData, thresholds: FitData, num_clas
                  held_outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
                  outliers: torch.Tensor | None = None,
                  confidence_on: ConfidenceDigits | None = None,
-                 flat_gate: float = 0.0) -> OODDetector:
+                 flat_gate: float = 0.0, max_acceptance: float = ACCEPTANCE_LEVELS[-1]) -> OODDetector:
     """The detector for `score` (see `fit_detectors`)."""
     return fit_detectors(outputs, stats, thresholds, num_classes, (score,), temperature, held_outputs,
-                         outliers, confidence_on, flat_gate)[score]
+                         outliers, confidence_on, flat_gate, max_acceptance)[score]
 
 
 def split_fit_data(train: FitData, val: FitData | None, limit: int | None = None,

@@ -11,6 +11,9 @@ DIGIT_ACCEPTANCE = 0.99  # validation digits that are not out_of_domain, at leas
 # Looser acceptances tried, when non-digit check images show the score's tail catches none of them that the softmax
 # lets through (a model trained with outlier exposure): fewer real digits called out_of_domain (docs/out_of_domain.md)
 ACCEPTANCE_LEVELS = (DIGIT_ACCEPTANCE, 0.995, 0.998)
+# and one looser, for a rule that allows it (verdict_max_acceptance): where the flat-softmax gate and a confidence
+# fixed on shifted digits already keep the non-digits out of `confident`, the score rejects fewer real digits
+MAX_ACCEPTANCES = (*ACCEPTANCE_LEVELS, 0.999)
 OUTLIER_CONFIDENT_RISE = 0.01  # the most of the check non-digits a looser acceptance may add to `confident`
 CONFIDENT_PRECISION = 0.998  # validation digits called confident that are right
 MIN_CONFIDENCE = 0.5  # below this calibrated top-1 probability an answer is never confident
@@ -39,6 +42,11 @@ def confidence_threshold(top1: torch.Tensor, correct: torch.Tensor, precision: f
     if not len(good):
         return math.inf
     return max(floor, float(p[good[-1]]))
+
+
+def acceptance_levels(max_acceptance: float = ACCEPTANCE_LEVELS[-1]) -> tuple[float, ...]:
+    """The acceptances tried, from the floor up to `max_acceptance` (one of MAX_ACCEPTANCES)."""
+    return tuple(level for level in MAX_ACCEPTANCES if level <= max_acceptance + 1e-12)
 
 
 def loosest_acceptance(digit_scores: torch.Tensor, outlier_scores: torch.Tensor, outlier_sure: torch.Tensor,

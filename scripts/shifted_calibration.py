@@ -4,9 +4,9 @@
 
 The run's temperature is fitted on its validation digits as they are. The other rows fit it on the first 5,000 of
 them together with the same drawn as other writers' (vit_mnist.data.writer_shift, at full and at a quarter strength),
-on the shifted ones alone, or fix it by hand; each is scored by the expected calibration error (15 bins, the
-robustness report's) on the first 2,000 test digits, the mean over the 21 corruptions of conf/corruptions/ and the
-1,797 other writers' digits. Last, per corruption at the run's temperature: accuracy and mean top-1 probability
+on the shifted ones alone, or fix it by hand (from sharp to none); each is scored by the expected calibration error
+(the robustness report's bins) on the first 2,000 test digits, the mean over the 21 corruptions of
+conf/corruptions/ and the 1,797 other writers' digits. Last, per corruption at the run's temperature: accuracy and mean top-1 probability
 (under-confident where the second is the lower).
 """
 
@@ -26,11 +26,12 @@ from vit_mnist.data.writer_shift import writer_shifted
 from vit_mnist.evaluation.checkpoint_data import checkpoint_datamodule
 from vit_mnist.models.outputs import run_network
 from vit_mnist.ood.detector import THRESHOLD_IMAGES
+from vit_mnist.reports.samples import CALIBRATION_BINS
 from vit_mnist.robustness_suite.suite import build_suite
 from vit_mnist.training.calibration import fit_temperature
 from vit_mnist.training.checkpoints import load_module, read_checkpoint, trained_dataset
 
-BY_HAND = (0.3, 0.5)  # sharper than any fitted temperature, to see how far a temperature alone can go
+BY_HAND = (0.3, 0.5, 0.6, 1.0, 1.2)  # how far a temperature alone can go, either way
 
 
 def main(ckpt_path: str, data_dir: str) -> None:
@@ -56,7 +57,8 @@ def main(ckpt_path: str, data_dir: str) -> None:
                  for spec in build_suite(OmegaConf.load("conf/corruptions/default.yaml"))}
 
     def ece(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
-        return float(multiclass_calibration_error((z / temperature).softmax(-1), labels, z.shape[1], n_bins=15))
+        return float(multiclass_calibration_error((z / temperature).softmax(-1), labels, z.shape[1],
+                                                  n_bins=CALIBRATION_BINS))
 
     both = torch.cat([val_labels, val_labels])
     temperatures = {"the run's (clean validation digits)": float(module.temperature),

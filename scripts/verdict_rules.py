@@ -1,7 +1,7 @@
 """Print a checkpoint's verdict shares under other detector acceptances and a flat-softmax gate (a benchmark, not a
 test): the digits marked out_of_domain (clean, the corruptions' mean, other writers), the non-digits answered
-confident or out_of_domain, and the share of the threshold check images answered confident; then the expected
-calibration error of the corrupted and the other writers' digits at other temperatures than the fitted one.
+confident or out_of_domain, and the share of the threshold check images answered confident. (The calibration error
+at other temperatures: scripts/shifted_calibration.py.)
 
     python scripts/verdict_rules.py <run>/checkpoints/best.ckpt [data_dir]
 
@@ -18,7 +18,6 @@ import sys
 
 import torch
 from omegaconf import OmegaConf
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from vit_mnist.data import load_split
 from vit_mnist.data.corruptions import corrupt
@@ -33,7 +32,6 @@ from vit_mnist.ood.thresholds import (
     acceptance_threshold,
     confidence_threshold,
 )
-from vit_mnist.reports.samples import CALIBRATION_BINS
 from vit_mnist.robustness_suite.suite import build_suite
 from vit_mnist.training.after_fit import CHECK_IMAGES
 from vit_mnist.training.checkpoints import load_module, read_checkpoint, trained_dataset
@@ -48,12 +46,9 @@ def main(ckpt_path: str, data_dir: str) -> None:
     detector, temperature = module.ood_detector, float(module.temperature)
     mean, std = float(module.hparams["normalize"]["mean"]), float(module.hparams["normalize"]["std"])
 
-    logits_of = {}
-
-    def outputs(images: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feats = run_network(module.net, images, mean, std, tta=bool(module.hparams.get("tta")),
                                     features=detector.needs_features, batch_size=100)
-        logits_of[name] = logits.double()
         return (logits.double() / temperature).softmax(dim=-1), detector.scores(logits.double(), feats)
 
     datamodule = checkpoint_datamodule(ckpt, dataset, {"data_dir": data_dir, "download": False})
@@ -67,14 +62,14 @@ def main(ckpt_path: str, data_dir: str) -> None:
     non_digits = load_non_digit_sets(dataset, data_dir)[0]
     check = torch.cat(list(load_non_digit_sets(dataset, data_dir, CHECK_IMAGES,
                                                split="thresholds")[0].values()))
-    seen = {name: (outputs(images, name), labels) for name, (images, labels) in {
+    seen = {name: (outputs(images), labels) for name, (images, labels) in {
         "val": (val.images[:THRESHOLD_IMAGES], val.labels[:THRESHOLD_IMAGES]), **digits, **corrupted}.items()}
-    seen.update({name: (outputs(images, name), None) for name, images in {**non_digits, "check": check}.items()})
+    seen.update({name: (outputs(images), None) for name, images in {**non_digits, "check": check}.items()})
 
     (val_probs, val_scores), val_labels = seen["val"]
     if detector.info.get("unsure_fixed_on", "").startswith(UNSURE_ON["writer_shift"][:-1]):  # as the run fixed it
         strength = float(detector.info.get("shift_strength", 1.0))
-        val_probs = outputs(writer_shifted(val.images[:THRESHOLD_IMAGES], strength=strength), "shifted val")[0]
+        val_probs = outputs(writer_shifted(val.images[:THRESHOLD_IMAGES], strength=strength))[0]
     top1, preds = val_probs.max(dim=-1)
     unsure = confidence_threshold(top1, preds == val_labels)
     columns = ["clean", "corrupted", "other writers", "other writers right when confident", "check confident",
@@ -103,16 +98,6 @@ def main(ckpt_path: str, data_dir: str) -> None:
     needed = confidence_threshold(other.values, other.indices == other_labels, 0.995)
     print(f"\nOther writers' answers are right 99.5% of the time from a top-1 of {needed:.4f} up: "
           f"{100 * float((other.values >= needed).double().mean()):.1f}% of them (the stored rule: {unsure:.4f}).")
-
-    def ece(name: str, t: float) -> float:
-        probs = (logits_of[name] / t).softmax(dim=-1).float()
-        return float(multiclass_calibration_error(probs, seen[name][1], probs.shape[1], n_bins=CALIBRATION_BINS))
-
-    print("\n| temperature | ECE clean | ECE corrupted (mean) | ECE other writers |\n|---:|---:|---:|---:|")
-    for t in sorted({0.5, 0.6, round(temperature, 4), 1.0, 1.2}):
-        corrupted_ece = sum(ece(c, t) for c in corrupted) / len(corrupted)
-        print(f"| {t:g}{' (fitted)' if t == round(temperature, 4) else ''} | {ece('clean', t):.4f} | "
-              f"{corrupted_ece:.4f} | {ece('other writers', t):.4f} |")
 
 
 if __name__ == "__main__":

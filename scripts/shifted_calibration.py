@@ -6,8 +6,8 @@ The run's temperature is fitted on its validation digits as they are. The other 
 them together with the same drawn as other writers' (vit_mnist.data.writer_shift, at full and at a quarter strength),
 on the shifted ones alone, or fix it by hand (from sharp to none); each is scored by the expected calibration error
 (the robustness report's bins) on the first 2,000 test digits, the mean over the 21 corruptions of
-conf/corruptions/ and the 1,797 other writers' digits. Last, per corruption at the run's temperature: accuracy and mean top-1 probability
-(under-confident where the second is the lower).
+conf/corruptions/ and the 1,797 other writers' digits. Last, per corruption at the run's temperature: accuracy and
+mean top-1 probability (under-confident where the second is the lower).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def main(ckpt_path: str, data_dir: str) -> None:
                     "clean + quarter-shifted validation digits": fit_temperature(torch.cat([clean_val, quarter]), both),
                     "fully shifted validation digits alone": fit_temperature(full, val_labels),
                     **{f"by hand {t:g}": t for t in BY_HAND}}
-    print("| temperature fitted on | T | ECE clean | ECE corrupted (mean) | ECE other writers |\n|---|---:|---:|---:|---:|")
+    print("| temperature fitted on | T | ECE clean | ECE corrupted (mean) | ECE other writers |\n"
+          "|---|---:|---:|---:|---:|")
     for name, t in temperatures.items():
         on_corrupted = sum(ece(z, test_labels, t) for z in corrupted.values()) / len(corrupted)
         print(f"| {name} | {t:.4f} | {ece(*scored['clean'], t):.4f} | {on_corrupted:.4f} | "

@@ -210,7 +210,8 @@ def check_stats_on(value: Any) -> str:
 def check_verdict_options(cfg: Mapping[str, Any]) -> VerdictRule:
     """The verdict keys of a train or calibrate config (`ood_score`, `verdict_unsure_on`, `verdict_stats_on`,
     `verdict_flat_gate`, `verdict_shift_strength`, `verdict_max_acceptance`), checked before any work: the rule they
-    make, or a one-paragraph `UserError` for the first bad one. A score the network cannot compute is swapped later, where the network is known."""
+    make, or a one-paragraph `UserError` for the first bad one. A score the network cannot compute is swapped later,
+    where the network is known."""
     return VerdictRule(check_score(cfg.get("ood_score")) or DEFAULT_SCORE,
                        check_unsure_on(cfg.get("verdict_unsure_on")), check_stats_on(cfg.get("verdict_stats_on")),
                        check_flat_gate(cfg.get("verdict_flat_gate")),
@@ -248,7 +249,8 @@ def fit_detectors(outputs: Outputs, stats: FitData, thresholds: FitData, num_cla
     check images, never a benchmark's or a training pool's), the score accepts more than DIGIT_ACCEPTANCE of the
     digits where that lets hardly more of them through to `confident` (`loosest_acceptance`, up to
     `max_acceptance`). `confidence_on` fixes the unsure threshold on other digits than the thresholds' own
-    (`ConfidenceDigits`); `flat_gate` is the detectors' `flat_threshold`. A score that needs features is left out when the network gives none, unless it is the only one asked for (a `UserError`)."""
+    (`ConfidenceDigits`); `flat_gate` is the detectors' `flat_threshold`. A score that needs features is left out
+    when the network gives none, unless it is the only one asked for (a `UserError`)."""
     chosen = {name: SCORES[name]() for name in scores}
     needing = [name for name, s in chosen.items() if s.needs_features]
     if needing:

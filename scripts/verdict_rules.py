@@ -67,7 +67,7 @@ def main(ckpt_path: str, data_dir: str) -> None:
     seen.update({name: (outputs(images), None) for name, images in {**non_digits, "check": check}.items()})
 
     (val_probs, val_scores), val_labels = seen["val"]
-    if detector.info.get("unsure_fixed_on", "").startswith(UNSURE_ON["writer_shift"][:-1]):  # as the run fixed it
+    if detector.info.get("unsure_fixed_on", UNSURE_ON["clean"]) != UNSURE_ON["clean"]:  # shifted, as the run fixed it
         strength = float(detector.info.get("shift_strength", 1.0))
         val_probs = outputs(writer_shifted(val.images[:THRESHOLD_IMAGES], strength=strength))[0]
     top1, preds = val_probs.max(dim=-1)

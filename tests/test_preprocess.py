@@ -22,6 +22,7 @@ from vit_mnist.data.preprocess import (
     thicken_thin_strokes,
     to_mnist_layout,
 )
+from vit_mnist.data.rulings import remove_rulings
 from vit_mnist.errors import UserError
 
 
@@ -203,3 +204,51 @@ def test_real_mnist_digits_are_nearly_unchanged_by_the_full_pipeline() -> None:
     assert np.median(correlation) > 0.99 and np.mean(np.array(correlation) > 0.99) > 0.9
     shift = [np.hypot(*np.subtract(center_of_mass(a), center_of_mass(b))) for a, b in zip(images, redone, strict=True)]
     assert np.percentile(shift, 95) < 0.5  # pixels
+
+
+def _on_paper(draw_paper: str, digit: str = "seven", width: int = 14, size: int = 400) -> np.ndarray:
+    """A dark digit (a 7 or a 4) drawn on white paper that is plain, ruled, squared or a form's box."""
+    image = Image.new("L", (size, size), 250)
+    draw = ImageDraw.Draw(image)
+    if draw_paper == "ruled":
+        for y in range(30, size, 40):
+            draw.line([(0, y), (size, y)], fill=170, width=2)
+    elif draw_paper == "squared":
+        for t in range(10, size, 20):
+            draw.line([(t, 0), (t, size)], fill=140, width=1)
+            draw.line([(0, t), (size, t)], fill=140, width=1)
+    elif draw_paper == "box":
+        draw.rectangle([20, 20, size - 20, size - 20], outline=0, width=4)
+    if digit == "seven":
+        draw.line([(120, 100), (290, 100), (170, 320)], fill=30, width=width)
+    elif digit == "four":  # a 4 whose bar and stem run across the whole image: two long strokes, one each way
+        draw.line([(230, 0), (60, 240), (size, 240)], fill=30, width=width)
+        draw.line([(230, 0), (230, size)], fill=30, width=width)
+    return np.asarray(image, dtype=np.float64)
+
+
+@pytest.mark.parametrize("paper", ["ruled", "squared", "box"])
+def test_rulings_grids_and_form_boxes_are_taken_out_before_the_crop(paper: str) -> None:
+    plain, lined = to_mnist_layout(_on_paper("plain")), to_mnist_layout(_on_paper(paper))
+    # before: the lines were cropped with the digit, which shrank into the box or sat under a grey band
+    assert np.corrcoef(plain.ravel().astype(float), lined.ravel().astype(float))[0, 1] > 0.95
+    assert ink_box(lined > 50) == ink_box(plain > 50)
+
+
+def test_a_stroke_that_crosses_a_ruling_is_kept_whole() -> None:
+    page = _on_paper("ruled")
+    ink = 255.0 - page
+    cleaned = remove_rulings(ink, 0.2 * ink.max())
+    # the 7's slanted stroke crosses the ruling at row 270 (x ~ 193); the ruling away from the digit is gone
+    assert cleaned[270, 185:200].max() > 0.5 * ink.max()
+    assert cleaned[270, 0:100].max() == 0 and cleaned[30, :].max() == 0
+
+
+def test_a_digits_own_long_strokes_and_a_lone_frame_are_left_as_drawn() -> None:
+    four = 255.0 - _on_paper("plain", digit="four")
+    assert remove_rulings(four, 0.2 * four.max()) is four  # one line each way: a digit's strokes, not rulings
+    frame = 255.0 - _on_paper("box", digit="none")
+    assert remove_rulings(frame, 0.2 * frame.max()) is frame  # nothing but the lines: they are the drawing
+    equals = np.zeros((300, 300))
+    equals[100:104, 10:290] = equals[190:194, 10:290] = 255.0  # two long lines one way only: no ruled page
+    assert remove_rulings(equals, 51.0) is equals

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
+from vit_mnist.data.rulings import remove_rulings
 from vit_mnist.errors import UserError
 
 MNIST_SIZE = 28  # side of the image the model sees
@@ -143,7 +144,8 @@ def to_mnist_layout(gray: np.ndarray, layout: str = "auto", digits: bool = True)
             "No digit found: the image is blank or has almost no contrast between ink and background. "
             "Draw or photograph a single dark digit on a light background (or light on dark)."
         )
-    ink *= 255.0 / peak  # faint pencil or a grey scan gets MNIST's full-strength strokes
+    ink = remove_rulings(ink, INK_THRESHOLD * peak)  # ruled or squared paper, a form's box
+    ink *= 255.0 / float(ink.max())  # faint pencil or a grey scan gets MNIST's full-strength strokes
 
     # cropped again after thickening, which moves the ink's edges out
     crop = _crop_to_ink(thicken_thin_strokes(_crop_to_ink(ink)))

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from vit_mnist.data import MNISTDataModule, load_split
+from vit_mnist.data.paper_photos import paper_photo
 from vit_mnist.data.preprocess import (
     MIN_STROKE_WIDTH,
     in_mnist_layout,
@@ -252,3 +253,13 @@ def test_a_digits_own_long_strokes_and_a_lone_frame_are_left_as_drawn() -> None:
     equals = np.zeros((300, 300))
     equals[100:104, 10:290] = equals[190:194, 10:290] = 255.0  # two long lines one way only: no ruled page
     assert remove_rulings(equals, 51.0) is equals
+
+
+def test_paper_photos_are_seeded_jpegs_of_the_page_asked_for() -> None:
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255  # a 1
+    first, again = (paper_photo(digit, "ruled", np.random.default_rng(3)) for _ in range(2))
+    assert first == again and Image.open(io.BytesIO(first)).format == "JPEG"
+    assert Image.open(io.BytesIO(first)).size == (400, 400)
+    with pytest.raises(ValueError, match="paper='lined' is not one of"):
+        paper_photo(digit, "lined", np.random.default_rng(0))

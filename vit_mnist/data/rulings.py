@@ -5,7 +5,8 @@
 # grey band over it (a boxed 4 was read "4 or 2?" at 13%). A ruling is a band of rows (or columns) inked across
 # most of the image, thin where it runs: where a pen stroke crosses it or lies along it the ink is thicker and is
 # kept. Lines count as rulings only as a ruled page (three or more one way) or a grid or box (two or more each
-# way): a digit has one or two long straight strokes at most (a 4's bar and stem, a 1), which stay as drawn.
+# way): a digit has one or two long straight strokes at most (a 4's bar and stem, a 1), which stay as drawn. A
+# photo is rarely square to the page: lines are looked for at tilts of up to 3 degrees.
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ MIN_SPAN = 0.7  # a ruling runs across at least this share of the image's width 
 MIN_LINES = 3  # parallel lines in one direction that make a ruled page (or two each way: a box, a grid)
 MIN_LEFT = 0.05  # the digit keeps at least this share of the ink: else what looked like rulings was the drawing
 MAX_THICKNESS = 0.03  # of the image's other side: a ruling is thinner (a pen on a drawing canvas is 5-10%)
-TILT = 0.02  # how far (a share of the image's other side) a line may drift across the image: about 1 degree
+MAX_TILT = 3.0  # degrees: a page photographed this far from square still has its rulings found
+TILTS = sorted(np.arange(-MAX_TILT, MAX_TILT + 0.25, 0.5), key=abs)  # the tilts tried, level first
+TILT_SIDE = 400  # pixels: the tilt is found on a copy this small
+DRIFT = 0.005  # of the image's width: how far a levelled line may still drift (half a step of TILTS over the width)
+CROSSING = 0.015  # of the image's side: around two crossing rulings, the ink is theirs however thick it is there
 MIN_SIDE = 64  # pixels: smaller images are scans of one digit (MNIST's 28, the UCI digits' 8), never ruled paper
 
 
@@ -34,7 +39,9 @@ def remove_rulings(ink: np.ndarray, threshold: float) -> np.ndarray:
         return ink
     lines = (across if use_across else False) | (down if use_down else False)
     if use_across and use_down:  # where rulings cross (a grid, a box's corners) the ink is thick both ways
-        lines = lines | (mask & across.any(axis=1)[:, None] & down.any(axis=0)[None, :])
+        reach = max(3, round(CROSSING * min(mask.shape)))
+        near = [ndimage.binary_dilation(m, iterations=reach) for m in (across, down)]
+        lines = lines | (mask & near[0] & near[1])
     strokes = mask & ~lines
     # next to a line, the faint pixels are its blurred edges; a stroke's own pixels stay
     edges = ndimage.binary_dilation(lines, iterations=2) & ~strokes
@@ -47,32 +54,84 @@ def remove_rulings(ink: np.ndarray, threshold: float) -> np.ndarray:
 def _lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     """The pixels of `mask` on thin straight lines along `axis` (1: horizontal, 0: vertical) across MIN_SPAN of the
     image, and how many such lines there are."""
-    across = mask.shape[1 - axis]
+    if axis == 0:
+        lines, count = _horizontal_lines(mask.T)
+        return lines.T, count
+    return _horizontal_lines(mask)
+
+
+def _horizontal_lines(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """`_lines` for horizontal lines, tilted by up to MAX_TILT degrees."""
+    height, width = mask.shape
     none = np.zeros_like(mask), 0
-    if min(mask.shape) < MIN_SIDE:
+    if min(height, width) < MIN_SIDE:
         return none
-    # a photo is rarely square to the page: a line may drift over a few pixels across the image, and a pale,
-    # blurred or noisy one breaks up here and there; so a line is a band of rows (or columns) mostly inked
-    size = [1, 1]
-    size[1 - axis] = 2 * max(1, round(TILT * across)) + 1
-    lenient = ndimage.maximum_filter(mask.astype(np.uint8), size=tuple(size)) > 0
-    inked = lenient.mean(axis=axis) >= MIN_SPAN
-    candidate = mask & (inked[:, None] if axis == 1 else inked[None, :])
+    # a photo is rarely square to the page: each column is shifted so that lines at the page's tilt run level
+    degrees, coverage = _tilt(mask)
+    if coverage < MIN_SPAN:  # no row is inked across enough of the image at any tilt: no line (most images)
+        return none
+    rows = _source_rows(height, width, degrees)
+    valid = rows >= 0
+    cols = np.broadcast_to(np.arange(width), mask.shape)
+    if degrees:
+        level = np.zeros_like(mask)
+        level[valid] = mask[rows[valid], cols[valid]]
+    else:
+        level = mask
+    # what is left of the tilt drifts over a pixel or two, and a pale, blurred or noisy line breaks up here and
+    # there: a line is a band of rows mostly inked
+    reach = max(1, round(DRIFT * width))
+    lenient = ndimage.maximum_filter(level.astype(np.uint8), size=(2 * reach + 1, 1)) > 0
+    candidate = level & (lenient.mean(axis=1) >= MIN_SPAN)[:, None]
     if not candidate.any():
         return none
     # thin: the ink's extent across the line is the line's own, not that of a stroke that crosses or touches it
-    thickness = _run_lengths(mask, 1 - axis)
+    thickness = _run_lengths(level, 0)
     # the lines' typical thickness: a low quantile, as strokes and the pieces of a grid's other lines that touch
     # these rows are thicker; the other way's unbroken rulings left out altogether
-    own = candidate & (thickness < MIN_SPAN * across)
+    own = candidate & (thickness < MIN_SPAN * height)
     if not own.any():
         return none
     typical = float(np.quantile(thickness[own], 0.25))
-    if typical > MAX_THICKNESS * across:
+    if typical > MAX_THICKNESS * height:
         return none  # as thick as pen strokes on a drawing: strokes, not rulings
     on_line = candidate & (thickness <= 2 * typical + 1)
-    _, count = ndimage.label(on_line.any(axis=axis))  # one band of consecutive rows (or columns) per line
-    return on_line, count
+    _, count = ndimage.label(on_line.any(axis=1))  # one band of consecutive rows per line
+    lines = np.zeros_like(mask)
+    lines[rows[on_line & valid], cols[on_line & valid]] = True
+    return lines, count
+
+
+def _source_rows(height: int, width: int, degrees: float) -> np.ndarray:
+    """(height, width) row indices: row r of the levelled image is row [r, c] of column c in the photo (-1: outside)."""
+    offsets = np.rint(np.tan(np.radians(degrees)) * (np.arange(width) - width / 2)).astype(np.int64)
+    rows = np.arange(height)[:, None] + offsets[None, :]
+    return np.where((rows >= 0) & (rows < height), rows, -1)
+
+
+def _tilt(mask: np.ndarray) -> tuple[float, float]:
+    """The angle in TILTS (degrees) at which the most inked row of the levelled mask is the most inked (the page's
+    tilt where it has rulings), and that row's inked share; found on a copy of at most TILT_SIDE pixels a side,
+    each pixel the max of a block (so the share is an upper bound of the full image's)."""
+    k = max(1, int(np.ceil(max(mask.shape) / TILT_SIDE)))
+    padded = np.pad(mask, ((0, -mask.shape[0] % k), (0, -mask.shape[1] % k)))
+    small = padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k).any(axis=(1, 3))
+    height, width = small.shape
+    # an upper bound first: rows widened by the drift of the largest tilt hold any line whole; if none of them is
+    # inked across MIN_SPAN of the image, no tilt gives a line (most images: a digit without rulings)
+    drift = int(np.ceil(np.tan(np.radians(MAX_TILT)) * width / 2)) + 1
+    bound = float((ndimage.maximum_filter(small.astype(np.uint8), size=(2 * drift + 1, 1)) > 0).mean(axis=1).max())
+    if bound < MIN_SPAN:
+        return 0.0, bound
+    cols = np.broadcast_to(np.arange(width), small.shape)
+    best, best_coverage = 0.0, -1.0
+    for degrees in TILTS:
+        rows = _source_rows(height, width, degrees)
+        level = np.where(rows >= 0, small[np.maximum(rows, 0), cols], False)
+        coverage = float((ndimage.maximum_filter(level.astype(np.uint8), size=(3, 1)) > 0).mean(axis=1).max())
+        if coverage > best_coverage + 1e-9:  # level (0) first: a tilt must do strictly better
+            best, best_coverage = degrees, coverage
+    return best, best_coverage
 
 
 def _run_lengths(mask: np.ndarray, axis: int) -> np.ndarray:

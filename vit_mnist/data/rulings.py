@@ -20,7 +20,7 @@ MAX_THICKNESS = 0.03  # of the image's other side: a ruling is thinner (a pen on
 MAX_TILT = 3.0  # degrees: a page photographed this far from square still has its rulings found
 TILTS = sorted(np.arange(-MAX_TILT, MAX_TILT + 0.25, 0.5), key=abs)  # the tilts tried, level first
 TILT_SIDE = 400  # pixels: the tilt is found on a copy this small
-DRIFT = 0.005  # of the image's width: how far a levelled line may still drift (half a step of TILTS over the width)
+DRIFT = 0.01  # of the image's width: how far a levelled line may still drift, blurred edges included
 CROSSING = 0.015  # of the image's side: around two crossing rulings, the ink is theirs however thick it is there
 MIN_SIDE = 64  # pixels: smaller images are scans of one digit (MNIST's 28, the UCI digits' 8), never ruled paper
 

@@ -143,8 +143,9 @@ def _run_lengths(mask: np.ndarray, axis: int) -> np.ndarray:
     _, ends = np.nonzero(change == -1)  # row-major order: the i-th end closes the i-th start
     run_length = ends - starts
     # write each run's length over its pixels: a +length at its start, -length after it, summed along the row
+    # (a start and an end never share a place: runs are apart by a False pixel at least)
     marks = np.zeros((m.shape[0], m.shape[1] + 1), dtype=np.int64)
-    np.add.at(marks, (rows, starts), run_length)
-    np.add.at(marks, (rows, ends), -run_length)
+    marks[rows, starts] = run_length
+    marks[rows, ends] = -run_length
     lengths = np.cumsum(marks, axis=1)[:, : m.shape[1]].astype(np.int32) * m
     return lengths if axis == 1 else lengths.T

@@ -28,11 +28,14 @@ constraints:  ## refresh constraints.txt from a fresh install of the newest allo
 train:  ## the default ViT on MNIST; pass Hydra overrides with ARGS="model.depth=6 trainer.max_epochs=20"
 	$(BIN)/python -m vit_mnist.train $(ARGS)
 
+# One pytest-xdist worker per core, at most 4; loadgroup: the tests of one xdist group (a module's shared fixtures,
+# the real-data model) on one worker, the rest spread test by test
+XDIST = -n auto --maxprocesses=4 --dist loadgroup
 test: lint  ## the import contracts, then the whole suite; slow tests run when the real data is found
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: lint  ## without the slow tests
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 lint:  ## the layer contracts of pyproject.toml: entry points -> library packages -> errors (import-linter)
 	$(BIN)/lint-imports

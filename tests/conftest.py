@@ -20,7 +20,9 @@ from omegaconf import DictConfig, open_dict
 from tests.synthetic import write_dataset
 from vit_mnist.runtime.paths import CONFIG_DIR
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The cores shared out between pytest-xdist's workers (`make test` runs one per core): most of a test's time is one
+# thread (imports, Hydra, a subprocess's start), so two workers on two cores finish in about half the time.
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,6 +155,34 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
         del cfg["hydra"]
     GlobalHydra.instance().clear()
     return cfg
+
+
+REAL_DATA_DIR = Path(os.environ.get("VIT_MNIST_DATA_DIR", ROOT / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_mnist_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The metrics of the quick recipe trained briefly on the real MNIST (150 steps of 128 images, outlier exposure
+    at its weight with 300 non-digits a set: the recipe's 5,000 take ~10 s to make), tested and calibrated: one run a
+    session for the slow tests that need a real model (in the xdist group "real_mnist", so `make test`'s workers
+    never train it twice). Skips without the real data."""
+    if not (REAL_DATA_DIR / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data not found in {REAL_DATA_DIR / 'MNIST' / 'raw'}; set VIT_MNIST_DATA_DIR")
+    from vit_mnist.training.fit import train
+
+    cfg = compose_config([f"paths.data_dir={REAL_DATA_DIR}", "experiment=fast", "data.download=false",
+                          "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=150",
+                          "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "logger=csv", "tta=false",
+                          "outlier_exposure.count=300"], tmp_path_factory.mktemp("real_mnist_run"))
+    return train(cfg)
+
+
+# `make test` runs pytest-xdist's workers with --dist loadgroup: a module whose module-scoped fixtures train or
+# sweep names itself an xdist group (`pytestmark`), so that one worker builds them once, not each worker.
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests (the real data's, the longest) first: spread over `make test`'s workers from the start, none
+    is left running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture

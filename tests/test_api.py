@@ -21,6 +21,8 @@ from vit_mnist.inference import Predictor
 from vit_mnist.inference.files import predict_files
 from vit_mnist.training.checkpoints import load_module as load_checkpoint
 
+pytestmark = pytest.mark.xdist_group("api")
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "deployment.md"
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import compose_config, subprocess_env
+from tests.conftest import subprocess_env
 from tests.deploy_helpers import tiny_checkpoint
 from vit_mnist.inference.loadcheck import digit_png, free_port
-from vit_mnist.training.fit import train
+
+pytestmark = pytest.mark.xdist_group("real_mnist")
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("VIT_MNIST_CHROMIUM", "/usr/bin/chromium")
@@ -221,17 +222,11 @@ def test_the_page_words_each_verdict(server: str, browser, verdict: str, label: 
 
 
 @pytest.mark.slow
-def test_a_real_model_with_outlier_exposure_flags_a_drawn_letter(browser, tmp_path: Path) -> None:
-    """The quick recipe with outlier exposure, trained briefly on the real MNIST (about 20 s on 2 cores), served by
-    the real server: a capital A drawn with the mouse is not answered as a sure digit; a drawn 7 is read as a 7."""
-    real = Path(os.environ.get("VIT_MNIST_DATA_DIR", ROOT / "data"))
-    if not (real / "MNIST" / "raw").is_dir():
-        pytest.skip(f"real data not found in {real / 'MNIST' / 'raw'}; set VIT_MNIST_DATA_DIR")
-    cfg = compose_config([f"paths.data_dir={real}", "experiment=fast", "data.download=false", "trainer.accelerator=cpu",
-                          "trainer.max_epochs=1", "trainer.limit_train_batches=150", "trainer.enable_progress_bar=false",
-                          "callbacks.progress_bar=null", "logger=csv", "tta=false", "test=false",
-                          "outlier_exposure.weight=0.5", "outlier_exposure.count=300"], tmp_path / "run")
-    ckpt = train(cfg)["best_checkpoint"]
+def test_a_real_model_with_outlier_exposure_flags_a_drawn_letter(browser, real_mnist_run: dict, tmp_path: Path
+                                                                 ) -> None:
+    """The quick recipe with outlier exposure, trained briefly on the real MNIST (conftest's real_mnist_run), served
+    by the real server: a capital A drawn with the mouse is not answered as a sure digit; a drawn 7 is read as a 7."""
+    ckpt = real_mnist_run["best_checkpoint"]
     with serving(ckpt, tmp_path) as url:
         page = browser.new_page(viewport={"width": 800, "height": 520})
         page.goto(url)

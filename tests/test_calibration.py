@@ -37,6 +37,8 @@ from vit_mnist.training.checkpoints import (
 from vit_mnist.training.fit import train
 from vit_mnist.training.module import ViTClassifier
 
+pytestmark = pytest.mark.xdist_group("calibration")
+
 TEMPERATURE = 2.5  # written into a copy of the tiny checkpoint: far enough from 1 to change every probability
 NO_CALIBRATION = "holds no calibration"  # the words of the one warning for a checkpoint without a temperature
 

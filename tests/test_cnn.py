@@ -39,6 +39,8 @@ from vit_mnist.training.checks import validate
 from vit_mnist.training.fit import build
 from vit_mnist.training.module import ViTClassifier
 
+pytestmark = pytest.mark.xdist_group("cnn")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

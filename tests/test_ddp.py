@@ -29,6 +29,8 @@ from vit_mnist.training.distributed import (
 )
 from vit_mnist.training.module import ViTClassifier
 
+pytestmark = pytest.mark.xdist_group("ddp")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # 800 synthetic train images, VAL_SIZE held out: each of the 2 processes trains on 350 (21 batches of 16).

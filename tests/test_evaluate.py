@@ -23,6 +23,8 @@ from vit_mnist.evaluation.evaluate import evaluate
 from vit_mnist.reports.classification import REPORT_FILES
 from vit_mnist.training.module import ViTClassifier
 
+pytestmark = pytest.mark.xdist_group("evaluate")
+
 ROOT = Path(__file__).resolve().parents[1]
 # The evaluation side of TINY: same test batches as the training run, quiet, CPU.
 EVAL = ["data.eval_batch_size=100", "data.download=false", "trainer.accelerator=cpu",

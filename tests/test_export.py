@@ -19,6 +19,8 @@ from vit_mnist.inference.export import export, read_onnx_metadata
 from vit_mnist.training.checkpoints import load_module as load_checkpoint
 from vit_mnist.training.fit import train
 
+pytestmark = pytest.mark.xdist_group("export")
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:

@@ -21,6 +21,8 @@ import yaml
 
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.xdist_group("optuna_storage")
+
 POSTGRES_URL = os.environ.get("VIT_MNIST_POSTGRES_URL", "")
 # One batch of training and validation per trial (debug=fdr): a sweep's time is mostly its process start-up.
 # TINY pins the learning rate and the shape but the patch size, so the study searches weight decay and patch size.

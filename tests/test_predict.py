@@ -22,6 +22,8 @@ from vit_mnist.inference import Predictor
 from vit_mnist.inference.files import expand_images, predict, predict_files, print_table
 from vit_mnist.training.checkpoints import load_module as load_checkpoint
 
+pytestmark = pytest.mark.xdist_group("predict")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,8 +79,10 @@ def test_cli_json_reports_each_bad_file_and_predicts_the_others(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no run folder, no .hydra, no log
 
 
-def test_table_lists_labels_and_errors(ckpt: Path, png_files: tuple[list[str], np.ndarray], capsys) -> None:
+def test_table_lists_labels_and_errors(ckpt: Path, png_files: tuple[list[str], np.ndarray], capsys,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     files, expected = png_files
+    monkeypatch.setenv("COLUMNS", "240")  # a terminal wide enough that rich folds no long temporary path
     results = predict_files(Predictor.from_checkpoint(ckpt), [files[2], "nope.png"])
     print_table(results, str(ckpt))
     out = capsys.readouterr().out

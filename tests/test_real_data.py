@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import compose_config
 from vit_mnist import load_model
 from vit_mnist.data import load_split
 from vit_mnist.data.paper_photos import PAPERS, paper_photo
-from vit_mnist.training.fit import train
 
 DATA_DIR = Path(os.environ.get("VIT_MNIST_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 pytestmark = pytest.mark.slow
@@ -40,16 +38,11 @@ def test_fashion_mnist_gz_files_are_balanced() -> None:
     assert torch.bincount(test_labels).tolist() == [1000] * 10
 
 
-def test_brief_training_on_real_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _need("MNIST")
-    # the quick recipe, 100 steps of 128 real images, then everything a run does after fitting on the real splits
-    # (outlier exposure's pool shrunk to 100 images a set: making the recipe's 5,000 takes ~10 s)
-    cfg = compose_config([f"paths.data_dir={DATA_DIR}", "experiment=fast", "data.download=false",
-                          "trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=100",
-                          "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "tta=false",
-                          "outlier_exposure.count=100"], tmp_path)
-    metrics = train(cfg)
-    assert metrics["test/acc"] > 0.85, metrics  # chance is 0.1; 100 steps reach about 0.94
+@pytest.mark.xdist_group("real_mnist")
+def test_brief_training_on_real_mnist(real_mnist_run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the quick recipe, 150 steps of 128 real images, then everything a run does after fitting on the real splits
+    metrics = real_mnist_run
+    assert metrics["test/acc"] > 0.85, metrics  # chance is 0.1; 150 steps reach about 0.96
     assert metrics["calibration/temperature"] > 0 and metrics["verdict/score"] == "mahalanobis"
 
     # the same digits photographed on ruled paper and in a form's box, read through predict's path from JPEG bytes:

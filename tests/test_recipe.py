@@ -49,7 +49,7 @@ def test_every_other_recipe_runs_as_a_debug_run(data_dir: Path, tmp_path: Path, 
     metrics = train(cfg)
     assert metrics["global_step"] == 1 and 0.0 <= metrics["test/acc"] <= 1.0
     if cfg.get("robustness"):
-        assert metrics["robustness_images"] == cfg.robustness_images == 40
+        assert metrics["robustness_images"] == cfg.robustness_images == 20
         assert {"test/mca", "test/other_writers", "test/pen_photos"} <= set(metrics)
 
 

@@ -18,6 +18,8 @@ from tests.conftest import subprocess_env
 from vit_mnist import cli
 from vit_mnist.runtime.paths import CONFIG_DIR, PROJECT_ROOT, find_checkout
 
+pytestmark = pytest.mark.xdist_group("release")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

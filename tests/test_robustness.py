@@ -35,6 +35,8 @@ from vit_mnist.robustness_suite.scoring import (
 from vit_mnist.robustness_suite.suite import build_suite, seen_names
 from vit_mnist.training.fit import train
 
+pytestmark = pytest.mark.xdist_group("robustness")
+
 ROOT = Path(__file__).resolve().parents[1]
 # Kinds whose result does not depend on the seed: nothing random in them.
 FIXED = {"brightness", "stripe", "scale", "canny_edges", "thin", "thick", "low_resolution"}

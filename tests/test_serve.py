@@ -21,6 +21,8 @@ from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
 from vit_mnist.inference.web import MAX_BYTES, WEB_DIR, check_port, create_app
 
+pytestmark = pytest.mark.xdist_group("serve")
+
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Predictor:

@@ -21,6 +21,8 @@ from vit_mnist.training.distill import distillation_loss
 from vit_mnist.training.fit import build, train
 from vit_mnist.training.teacher import check_distill
 
+pytestmark = pytest.mark.xdist_group("small_data_vit")
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden_dim=32, depth=2, heads=2, mlp_dim=64, patch_size=4)
 OPTIONS = {

@@ -17,6 +17,8 @@ from tests.conftest import TINY
 from vit_mnist.reports.sweep import write_sweep_report
 from vit_mnist.sweep_report import main as sweep_report_main
 
+pytestmark = pytest.mark.xdist_group("sweep")
+
 # One epoch of a few batches: a job takes a second or two, so a sweep's time is mostly process start-up.
 FAST = [*TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
 

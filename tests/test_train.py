@@ -22,6 +22,8 @@ from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.fit import train
 from vit_mnist.training.module import ViTClassifier
 
+pytestmark = pytest.mark.xdist_group("train")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,8 @@ from vit_mnist.training.fit import build, train
 from vit_mnist.training.module import ViTClassifier
 from vit_mnist.training.transfer import interpolate_pos_embed, resize_patch_kernel
 
+pytestmark = pytest.mark.xdist_group("transfer")
+
 ROOT = Path(__file__).resolve().parents[1]
 # TINY's network shape, as the checkpoints below are built.
 SHAPE = {"image_size": 28, "in_channels": 1, "num_classes": 10, "patch_size": 7, "hidden_dim": 32, "depth": 2,

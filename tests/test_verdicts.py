@@ -28,6 +28,8 @@ from vit_mnist.training.after_fit import CHECK_IMAGES
 from vit_mnist.training.checkpoints import read_checkpoint, write_checkpoint
 from vit_mnist.training.checks import validate
 
+pytestmark = pytest.mark.xdist_group("verdicts")
+
 NO_DETECTOR = "holds no out-of-domain detector"
 
 

@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import REAL_DATA_DIR
 from vit_mnist import load_model
 from vit_mnist.data import load_split
 from vit_mnist.data.paper_photos import PAPERS, paper_photo
 
-DATA_DIR = Path(os.environ.get("VIT_MNIST_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 pytestmark = pytest.mark.slow
 
 
 def _need(folder: str) -> None:
-    if not (DATA_DIR / folder / "raw").is_dir():
-        pytest.skip(f"real data not found in {DATA_DIR / folder / 'raw'}; set VIT_MNIST_DATA_DIR")
+    if not (REAL_DATA_DIR / folder / "raw").is_dir():
+        pytest.skip(f"real data not found in {REAL_DATA_DIR / folder / 'raw'}; set VIT_MNIST_DATA_DIR")
 
 
 def test_mnist_files_have_the_official_label_counts() -> None:
     _need("MNIST")
-    _, train_labels = load_split("mnist", str(DATA_DIR), "train", download=False)
-    _, test_labels = load_split("mnist", str(DATA_DIR), "test", download=False)
+    _, train_labels = load_split("mnist", str(REAL_DATA_DIR), "train", download=False)
+    _, test_labels = load_split("mnist", str(REAL_DATA_DIR), "test", download=False)
     assert torch.bincount(train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert torch.bincount(test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def test_fashion_mnist_gz_files_are_balanced() -> None:
     _need("FashionMNIST")
-    _, train_labels = load_split("fashion_mnist", str(DATA_DIR), "train", download=False)
-    _, test_labels = load_split("fashion_mnist", str(DATA_DIR), "test", download=False)
+    _, train_labels = load_split("fashion_mnist", str(REAL_DATA_DIR), "train", download=False)
+    _, test_labels = load_split("fashion_mnist", str(REAL_DATA_DIR), "test", download=False)
     assert torch.bincount(train_labels).tolist() == [6000] * 10
     assert torch.bincount(test_labels).tolist() == [1000] * 10
 
@@ -49,7 +46,7 @@ def test_brief_training_on_real_mnist(real_mnist_run: dict, monkeypatch: pytest.
     # with the rulings taken out about as well as on plain paper; with them left in, far worse (the crop takes the
     # lines: the digit shrinks into a corner, and 40-90% of such photos were misread)
     model = load_model(metrics["best_checkpoint"])
-    digits, labels = load_split("mnist", DATA_DIR, "test", download=False)
+    digits, labels = load_split("mnist", REAL_DATA_DIR, "test", download=False)
     digits, labels = digits[:100, 0].numpy(), labels[:100].numpy()
     read = {}
     for paper in ("plain", "ruled", "box"):

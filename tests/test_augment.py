@@ -12,7 +12,7 @@ from vit_mnist.errors import UserError
 from vit_mnist.models.vit import BackgroundNorm
 
 OFF = {"rotation": 0.0, "translate": 0.0, "scale": [1.0, 1.0]}
-KEYS = {"elastic": 16.0, "stroke": 1.0, "blur": 1.0, "min_resolution": 10, "noise": 0.1, "erasing": 1.0}
+KEYS = {"elastic": 16.0, "stroke": 1.0, "blur": 1.0, "min_resolution": 10, "noise": 0.1, "haze": 2.0, "erasing": 1.0}
 
 
 def images() -> torch.Tensor:
@@ -36,7 +36,7 @@ def test_each_key_changes_images_in_range_and_per_image(key: str) -> None:
     assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
     changed = (y - x).abs().flatten(1).amax(dim=1) > 1e-3
     assert changed.any()
-    if key in ("blur", "min_resolution"):  # half the images, drawn per image
+    if key in ("blur", "min_resolution", "haze"):  # half the images, drawn per image
         assert 0 < int(changed.sum()) < len(x)
     # the same generator seed, the same augmentation; another seed, another one
     again = handwriting_variation(x.clone(), cfg, torch.Generator().manual_seed(0))
@@ -55,6 +55,23 @@ def test_handwriting_p_leaves_the_rest_of_the_batch_untouched() -> None:
     assert torch.equal(x, before)  # never changes its input in place
     with pytest.raises(UserError, match="handwriting_p=0.0 must be in"):
         AugmentConfig(handwriting_p=0.0)
+
+
+def test_haze_is_a_smooth_veil_that_keeps_the_strokes_above_it() -> None:
+    x = images()
+    y = handwriting_variation(x.clone(), AugmentConfig(**OFF, haze=2.0), torch.Generator().manual_seed(0))
+    veiled = (y - x).abs().flatten(1).amax(dim=1) > 0.1  # not the few drawn with a strength near 0
+    assert 0 < int(veiled.sum()) < len(x)
+    background = x < 0.05
+    # grey where the digit has no ink, and smooth: one pixel to the next changes far less than a stroke's edge
+    assert all(float(y[i][background[i]].mean()) > 0.02 for i in range(len(x)) if veiled[i])
+    empty = background[:, :, :, 1:] & background[:, :, :, :-1]
+    step = (y[:, :, :, 1:] - y[:, :, :, :-1]).abs()[empty]
+    assert float(step.max()) < 0.2
+    # the strokes stay the brightest: the veil (at most as bright as them) is rescaled with them into [0, 1]
+    ink = x > 0.9
+    for i in torch.nonzero(veiled).flatten().tolist():
+        assert float(y[i][ink[i]].mean()) > float(y[i][background[i]].mean()) + 0.1
 
 
 def test_stroke_goes_both_ways() -> None:

@@ -40,6 +40,8 @@ class AugmentConfig:
     blur: float = 0.0  # Gaussian blur of half the images, sigma uniform in [0, blur] pixels, e.g. 1.0
     min_resolution: int = 0  # half the images scanned at a size uniform in [min_resolution, 27], e.g. 10
     noise: float = 0.0  # additive Gaussian noise, std uniform in [0, noise] (pixels in [0, 1]), e.g. 0.1
+    # a smooth grey veil over half the images (haze, a dim photo): strength uniform in [0, haze], e.g. 2.0
+    haze: float = 0.0
     erasing: float = 0.0  # probability of erasing one random rectangle (2-15% of the image), e.g. 0.25
     handwriting_p: float = 1.0  # the share of images that get the handwriting variation above (the rest: none)
     # continental conventions (vit_mnist.data.writer_styles): the probability that a training 1 gets a flag (half of
@@ -63,8 +65,8 @@ class AugmentConfig:
                 f"use one of {' or '.join(INTERPOLATIONS)}."
             )
 
-        for key, high in (("aspect", 3.0), ("elastic", 200.0), ("stroke", 3.0), ("blur", 5.0), ("noise", 1.0), ("erasing", 1.0),
-                          ("styles", 1.0)):
+        for key, high in (("aspect", 3.0), ("elastic", 200.0), ("stroke", 3.0), ("blur", 5.0), ("noise", 1.0),
+                          ("haze", 5.0), ("erasing", 1.0), ("styles", 1.0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
                 raise UserError(f"data.augment.{key}={value!r} must be a number in [0, {high:g}]; 0 turns it off "
@@ -89,7 +91,8 @@ class AugmentConfig:
 
     @property
     def handwriting(self) -> bool:
-        return bool(self.elastic or self.stroke or self.blur or self.min_resolution or self.noise or self.erasing)
+        return bool(self.elastic or self.stroke or self.blur or self.min_resolution or self.noise or self.haze
+                    or self.erasing)
 
     @property
     def enabled(self) -> bool:
@@ -102,6 +105,7 @@ _HINTS = {
     "stroke": "the largest change of stroke width in pixels per side, e.g. 1.0",
     "blur": "the largest Gaussian blur sigma in pixels, e.g. 1.0",
     "noise": "the largest standard deviation of added noise, pixels being in [0, 1], e.g. 0.1",
+    "haze": "the largest strength of a smooth grey veil, 1.0 as bright as the strokes, e.g. 2.0",
     "erasing": "the probability of erasing one rectangle of an image, e.g. 0.25",
     "styles": "the probability that a training 1 is drawn flagged and a 7 crossed, e.g. 0.5",
 }
@@ -125,7 +129,7 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 def handwriting_variation(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
                           ) -> torch.Tensor:
     """What differs between writers, pens and scanners, each drawn per image: stroke width, elastic distortion
-    of the shape, scan resolution, blur, sensor noise, and an erased part (a broken or occluded stroke).
+    of the shape, scan resolution, blur, a veil of haze, sensor noise, and an erased part (a broken or occluded stroke).
 
     The building blocks (vit_mnist.data.image_ops) are the corruption benchmark's too, drawn here from ranges; the
     benchmark marks the corruptions that resemble the augmentations a model was trained with as "seen".
@@ -154,6 +158,13 @@ def handwriting_variation(images: torch.Tensor, cfg: AugmentConfig, generator: t
     if cfg.blur:
         sigma = uniform(0.0, cfg.blur) * half()
         x = torch.where((sigma > 0.05).view(B, 1, 1, 1), gaussian_blur(x, sigma.clamp_min(0.05)), x)
+    if cfg.haze:
+        # a 4x4 grid of random greys, bilinearly enlarged: a veil smoother than a stroke, added at strength s and
+        # the sum rescaled into [0, 1] (the strokes keep 1 / (1 + s) of their contrast)
+        veil = F.interpolate(torch.rand(B, 1, 4, 4, device=device, generator=generator), size=(H, W),
+                             mode="bilinear", align_corners=True)
+        strength = (uniform(0.0, cfg.haze) * half()).view(B, 1, 1, 1)
+        x = (x + strength * veil) / (1.0 + strength)
     if cfg.noise:
         x = (x + torch.randn(x.shape, device=device, generator=generator) * uniform(0.0, cfg.noise).view(B, 1, 1, 1))
         x = x.clamp(0.0, 1.0)

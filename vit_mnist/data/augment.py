@@ -40,7 +40,7 @@ class AugmentConfig:
     blur: float = 0.0  # Gaussian blur of half the images, sigma uniform in [0, blur] pixels, e.g. 1.0
     min_resolution: int = 0  # half the images scanned at a size uniform in [min_resolution, 27], e.g. 10
     noise: float = 0.0  # additive Gaussian noise, std uniform in [0, noise] (pixels in [0, 1]), e.g. 0.1
-    # a smooth grey veil over half the images (haze, a dim photo): strength uniform in [0, haze], e.g. 2.0
+    # a smooth grey veil over half the images (haze, a dim photo): strength uniform in [0, haze], e.g. 0.5
     haze: float = 0.0
     erasing: float = 0.0  # probability of erasing one random rectangle (2-15% of the image), e.g. 0.25
     handwriting_p: float = 1.0  # the share of images that get the handwriting variation above (the rest: none)
@@ -105,7 +105,7 @@ _HINTS = {
     "stroke": "the largest change of stroke width in pixels per side, e.g. 1.0",
     "blur": "the largest Gaussian blur sigma in pixels, e.g. 1.0",
     "noise": "the largest standard deviation of added noise, pixels being in [0, 1], e.g. 0.1",
-    "haze": "the largest strength of a smooth grey veil, 1.0 as bright as the strokes, e.g. 2.0",
+    "haze": "the largest strength of a smooth grey veil, 1.0 as bright as the strokes, e.g. 0.5",
     "erasing": "the probability of erasing one rectangle of an image, e.g. 0.25",
     "styles": "the probability that a training 1 is drawn flagged and a 7 crossed, e.g. 0.5",
 }

@@ -71,13 +71,7 @@ def _horizontal_lines(mask: np.ndarray) -> tuple[np.ndarray, int]:
     if coverage < MIN_SPAN:  # no row is inked across enough of the image at any tilt: no line (most images)
         return none
     rows = _source_rows(height, width, degrees)
-    valid = rows >= 0
-    cols = np.broadcast_to(np.arange(width), mask.shape)
-    if degrees:
-        level = np.zeros_like(mask)
-        level[valid] = mask[rows[valid], cols[valid]]
-    else:
-        level = mask
+    level = _levelled(mask, rows) if degrees else mask
     # what is left of the tilt drifts over a pixel or two, and a pale, blurred or noisy line breaks up here and
     # there: a line is a band of rows mostly inked
     reach = max(1, round(DRIFT * width))
@@ -98,7 +92,8 @@ def _horizontal_lines(mask: np.ndarray) -> tuple[np.ndarray, int]:
     on_line = candidate & (thickness <= 2 * typical + 1)
     _, count = ndimage.label(on_line.any(axis=1))  # one band of consecutive rows per line
     lines = np.zeros_like(mask)
-    lines[rows[on_line & valid], cols[on_line & valid]] = True
+    keep = on_line & (rows >= 0)
+    lines[rows[keep], np.nonzero(keep)[1]] = True
     return lines, count
 
 
@@ -107,6 +102,12 @@ def _source_rows(height: int, width: int, degrees: float) -> np.ndarray:
     offsets = np.rint(np.tan(np.radians(degrees)) * (np.arange(width) - width / 2)).astype(np.int64)
     rows = np.arange(height)[:, None] + offsets[None, :]
     return np.where((rows >= 0) & (rows < height), rows, -1)
+
+
+def _levelled(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`mask` with each column shifted by `_source_rows`' map (False where the map falls outside the photo)."""
+    cols = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)
+    return np.where(rows >= 0, mask[np.maximum(rows, 0), cols], False)
 
 
 def _tilt(mask: np.ndarray) -> tuple[float, float]:
@@ -123,11 +124,9 @@ def _tilt(mask: np.ndarray) -> tuple[float, float]:
     bound = float((ndimage.maximum_filter(small.astype(np.uint8), size=(2 * drift + 1, 1)) > 0).mean(axis=1).max())
     if bound < MIN_SPAN:
         return 0.0, bound
-    cols = np.broadcast_to(np.arange(width), small.shape)
     best, best_coverage = 0.0, -1.0
     for degrees in TILTS:
-        rows = _source_rows(height, width, degrees)
-        level = np.where(rows >= 0, small[np.maximum(rows, 0), cols], False)
+        level = _levelled(small, _source_rows(height, width, degrees))
         coverage = float((ndimage.maximum_filter(level.astype(np.uint8), size=(3, 1)) > 0).mean(axis=1).max())
         if coverage > best_coverage + 1e-9:  # level (0) first: a tilt must do strictly better
             best, best_coverage = degrees, coverage

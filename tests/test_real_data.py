@@ -39,7 +39,7 @@ def test_fashion_mnist_gz_files_are_balanced() -> None:
 def test_brief_training_on_real_mnist(real_mnist_run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     # the quick recipe, 150 steps of 128 real images, then everything a run does after fitting on the real splits
     metrics = real_mnist_run
-    assert metrics["test/acc"] > 0.85, metrics  # chance is 0.1; 150 steps reach about 0.96
+    assert metrics["test/acc"] > 0.85, metrics  # chance is 0.1; the shared run reached 0.98 (session 22)
     assert metrics["calibration/temperature"] > 0 and metrics["verdict/score"] == "mahalanobis"
 
     # the same digits photographed on ruled paper and in a form's box, read through predict's path from JPEG bytes:

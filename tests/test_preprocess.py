@@ -264,6 +264,27 @@ def test_a_digits_own_long_strokes_and_a_lone_frame_are_left_as_drawn() -> None:
     assert remove_rulings(equals, 51.0) is equals
 
 
+@pytest.mark.parametrize("stem", ["left", "right"])
+def test_bars_that_end_at_a_stroke_are_the_drawing_not_rulings(stem: str) -> None:
+    # an E (stem left) or an angular 3 (stem right) in a thin pen, cropped so tightly that its three bars span the
+    # photo: they end where the stem is, where a page's lines run on; taken out, the E was read as a sure 1
+    page = Image.new("L", (300, 340), 255)
+    draw = ImageDraw.Draw(page)
+    x = 10 if stem == "left" else 290
+    draw.line([(x, 10), (x, 330)], fill=0, width=6)
+    for y in (10, 170, 330):
+        draw.line([(10, y), (290, y)], fill=0, width=6)
+    ink = 255.0 - np.asarray(page, dtype=np.float64)
+    assert remove_rulings(ink, 0.2 * ink.max()) is ink
+    wide = np.zeros((340, 700))  # the same letter on a ruled page: the page's lines go, the letter's bars stay
+    wide[:, 200:500] = ink
+    for y in (40, 90, 140, 190, 240, 290):
+        wide[y:y + 2, :] = np.maximum(wide[y:y + 2, :], 120.0)
+    cleaned = remove_rulings(wide, 0.2 * wide.max())
+    assert cleaned[40:42, :150].max() == 0 and cleaned[40:42, 550:].max() == 0  # the page's lines, beside the letter
+    assert (cleaned[170, 230:480] > 0.5 * 255).all() and (cleaned[330, 230:480] > 0.5 * 255).all()  # its bars
+
+
 def test_paper_photos_are_seeded_jpegs_of_the_page_asked_for() -> None:
     digit = np.zeros((28, 28), dtype=np.uint8)
     digit[6:22, 12:16] = 255  # a 1

@@ -6,7 +6,9 @@
 # most of the image, thin where it runs: where a pen stroke crosses it or lies along it the ink is thicker and is
 # kept. Lines count as rulings only as a ruled page (three or more one way) or a grid or box (two or more each
 # way): a digit has one or two long straight strokes at most (a 4's bar and stem, a 1), which stay as drawn. A
-# photo is rarely square to the page: lines are looked for at tilts of up to 3 degrees.
+# page's lines also run on past the writing at both ends; three bars that end at a stroke (an E, an angular 3,
+# cropped tightly so that they span the photo) are the drawing's own and stay. A photo is rarely square to the
+# page: lines are looked for at tilts of up to 3 degrees.
 
 from __future__ import annotations
 
@@ -23,32 +25,64 @@ TILT_SIDE = 400  # pixels: the tilt is found on a copy this small
 DRIFT = 0.01  # of the image's width: how far a levelled line may still drift, blurred edges included
 CROSSING = 0.015  # of the image's side: around two crossing rulings, the ink is theirs however thick it is there
 MIN_SIDE = 64  # pixels: smaller images are scans of one digit (MNIST's 28, the UCI digits' 8), never ruled paper
+MARGIN = 0.02  # of the image's width (height): how far rulings run on past the writing, at each end
+STRAY = 0.02  # of the ink left: smaller pieces (specks, a line's bits at the photo's edge) are not the writing
 
 
 def remove_rulings(ink: np.ndarray, threshold: float) -> np.ndarray:
     """White-on-black `ink` (H, W) with its rulings (and their blurred edges) set to black: thin straight lines
     across at least MIN_SPAN of the image, MIN_LINES or more in one direction (a ruled page) or two or more each
-    way (a grid, a box). `threshold` is the grey level above which a pixel is ink. Returns `ink` itself (the same
-    object) when it holds no rulings."""
+    way (a grid, a box), that run on past the writing at both ends. `threshold` is the grey level above which a
+    pixel is ink. Returns `ink` itself (the same object) when it holds no rulings."""
     # rulings are printed paler than a pen writes: found on ink above half the threshold, and taken away there
     mask = ink > threshold / 2
     (across, n_across), (down, n_down) = _lines(mask, axis=1), _lines(mask, axis=0)
-    box = n_across >= 2 and n_down >= 2
-    use_across, use_down = n_across >= MIN_LINES or box, n_down >= MIN_LINES or box
-    if not (use_across or use_down):
-        return ink
-    lines = (across if use_across else False) | (down if use_down else False)
-    if use_across and use_down:  # where rulings cross (a grid, a box's corners) the ink is thick both ways
+    use_across, use_down = n_across > 0, n_down > 0
+    while True:
+        box = use_across and use_down and n_across >= 2 and n_down >= 2
+        use_across, use_down = use_across and (n_across >= MIN_LINES or box), use_down and (n_down >= MIN_LINES or box)
+        if not (use_across or use_down):
+            return ink
+        out = _taken_out(ink, mask, across if use_across else None, down if use_down else None)
+        left = out > threshold
+        if left.sum() < MIN_LEFT * (ink > threshold).sum():
+            return ink
+        # lines that stop where the writing does are its strokes (an E's bars): kept, and the rest looked at again
+        past_across = not use_across or _run_past(across, left, axis=1)
+        past_down = not use_down or _run_past(down, left, axis=0)
+        if past_across and past_down:
+            return out
+        use_across, use_down = use_across and past_across, use_down and past_down
+
+
+def _taken_out(ink: np.ndarray, mask: np.ndarray, across: np.ndarray | None, down: np.ndarray | None) -> np.ndarray:
+    """`ink` without the pixels of the lines `across` and `down` (None: not taken out) and their blurred edges."""
+    lines = np.zeros_like(mask)
+    for found in (across, down):
+        if found is not None:
+            lines |= found
+    if across is not None and down is not None:  # where rulings cross (a grid, a box's corners) the ink is thick
         reach = max(3, round(CROSSING * min(mask.shape)))
         near = [ndimage.binary_dilation(m, iterations=reach) for m in (across, down)]
-        lines = lines | (mask & near[0] & near[1])
+        lines |= mask & near[0] & near[1]
     strokes = mask & ~lines
     # next to a line, the faint pixels are its blurred edges; a stroke's own pixels stay
     edges = ndimage.binary_dilation(lines, iterations=2) & ~strokes
-    out = np.where(edges, 0.0, ink)
-    if (out > threshold).sum() < MIN_LEFT * (ink > threshold).sum():
-        return ink
-    return out
+    return np.where(edges, 0.0, ink)
+
+
+def _run_past(lines: np.ndarray, left: np.ndarray, axis: int) -> bool:
+    """Whether the lines along `axis` (1: horizontal) run on past the ink `left` beside them, at both ends, by MARGIN
+    of the image (a ruled page's or a box's lines do; an E's bars end at its stem)."""
+    pieces, _ = ndimage.label(left, structure=np.ones((3, 3)))
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0  # the background
+    written = np.isin(pieces, np.nonzero(sizes >= STRAY * left.sum())[0]).nonzero()[axis]
+    if not len(written):
+        return True
+    span = lines.any(axis=1 - axis).nonzero()[0]
+    margin = MARGIN * lines.shape[axis]
+    return bool(span[0] <= written.min() - margin and span[-1] >= written.max() + margin)
 
 
 def _lines(mask: np.ndarray, axis: int) -> tuple[np.ndarray, int]:

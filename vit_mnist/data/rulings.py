@@ -48,8 +48,9 @@ def remove_rulings(ink: np.ndarray, threshold: float) -> np.ndarray:
         if left.sum() < MIN_LEFT * (ink > threshold).sum():
             return ink
         # lines that stop where the writing does are its strokes (an E's bars): kept, and the rest looked at again
-        past_across = not use_across or _run_past(across, left, axis=1)
-        past_down = not use_down or _run_past(down, left, axis=0)
+        writing = _writing(left)
+        past_across = not use_across or _run_past(across, writing, axis=1)
+        past_down = not use_down or _run_past(down, writing, axis=0)
         if past_across and past_down:
             return out
         use_across, use_down = use_across and past_across, use_down and past_down
@@ -71,13 +72,18 @@ def _taken_out(ink: np.ndarray, mask: np.ndarray, across: np.ndarray | None, dow
     return np.where(edges, 0.0, ink)
 
 
-def _run_past(lines: np.ndarray, left: np.ndarray, axis: int) -> bool:
-    """Whether the lines along `axis` (1: horizontal) run on past the ink `left` beside them, at both ends, by MARGIN
-    of the image (a ruled page's or a box's lines do; an E's bars end at its stem)."""
+def _writing(left: np.ndarray) -> np.ndarray:
+    """The pieces of the ink `left` that make the writing: each at least STRAY of it (8-connected)."""
     pieces, _ = ndimage.label(left, structure=np.ones((3, 3)))
     sizes = np.bincount(pieces.ravel())
     sizes[0] = 0  # the background
-    written = np.isin(pieces, np.nonzero(sizes >= STRAY * left.sum())[0]).nonzero()[axis]
+    return np.isin(pieces, np.nonzero(sizes >= STRAY * left.sum())[0])
+
+
+def _run_past(lines: np.ndarray, writing: np.ndarray, axis: int) -> bool:
+    """Whether the lines along `axis` (1: horizontal) run on past the `writing` at both ends by MARGIN of the image
+    (a ruled page's or a box's lines do; an E's bars end at its stem)."""
+    written = writing.nonzero()[axis]
     if not len(written):
         return True
     span = lines.any(axis=1 - axis).nonzero()[0]

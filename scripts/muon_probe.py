@@ -26,13 +26,9 @@ class BothOptimizers(torch.optim.Optimizer):
     """Two optimizers stepped as one, for Lightning's automatic optimization (one optimizer) and one LR schedule."""
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
-        # not Optimizer.__init__: the groups are the two optimizers' own, so the schedule's lr reaches both
-        self.optimizers, self.defaults, self.state = optimizers, {}, {}
-        self.param_groups = [group for o in optimizers for group in o.param_groups]
-        for hooks in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
-                      "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
-                      "_optimizer_load_state_dict_post_hooks"):
-            setattr(self, hooks, {})
+        self.optimizers = optimizers
+        # the two optimizers' own group dicts (Optimizer keeps the dicts it is given): the schedule's lr reaches both
+        super().__init__([group for o in optimizers for group in o.param_groups], {})
 
     def step(self, closure: Any = None) -> Any:
         loss = None

@@ -16,7 +16,7 @@ from PIL import Image
 from tests.deploy_helpers import tiny_checkpoint
 from tests.synthetic import laid_out
 from vit_mnist import load_model
-from vit_mnist.data import MNISTDataModule, load_split
+from vit_mnist.data import MNISTDataModule, image_cache, load_split
 from vit_mnist.errors import UserError
 from vit_mnist.inference import Predictor
 from vit_mnist.inference.files import predict, predict_files
@@ -24,7 +24,7 @@ from vit_mnist.inference.predictor import verdict_message
 from vit_mnist.inference.web import create_app
 from vit_mnist.ood.detector import CHECKPOINT_KEY, VERDICTS
 from vit_mnist.ood.thresholds import ACCEPTANCE_LEVELS, DIGIT_ACCEPTANCE
-from vit_mnist.training.after_fit import CHECK_IMAGES
+from vit_mnist.training.after_fit import CHECK_IMAGES, threshold_check_images
 from vit_mnist.training.checkpoints import read_checkpoint, write_checkpoint
 from vit_mnist.training.checks import validate
 
@@ -72,6 +72,23 @@ def test_training_stores_a_detector_that_accepts_99_percent_of_validation_digits
     assert state["info"]["digit_acceptance"] in ACCEPTANCE_LEVELS
     assert state["info"]["outlier_check_images"] == 5 * CHECK_IMAGES
     assert 0.0 <= state["info"]["outlier_check_confident"] <= 1.0
+
+
+def test_the_detectors_check_images_are_made_once_then_read_from_the_cache(
+        tiny: Path, data_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    made = []
+    real = image_cache.make_non_digits
+    monkeypatch.setattr(image_cache, "make_non_digits", lambda *a: made.append(a[0]) or real(*a))
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    # the tiny run's after-fit step cached them in the run's paths.cache_dir: read back, none made
+    trained = threshold_check_images(datamodule, cache_dir=str(cache_dir))
+    assert made == [] and len(trained) == 5 * CHECK_IMAGES
+    first = threshold_check_images(datamodule, cache_dir=str(tmp_path / "cache"))
+    assert sorted(made) == sorted(["letters", "scribbles", "shapes", "noise", "fashion"])
+    again = threshold_check_images(datamodule, cache_dir=str(tmp_path / "cache"))
+    assert len(made) == 5 and torch.equal(first, again) and torch.equal(first, trained)
+    assert torch.equal(first, threshold_check_images(datamodule))  # as made without a cache
+    assert len(made) == 10
 
 
 def test_verdicts_follow_the_thresholds_everywhere(tiny: Path, tmp_path: Path, data_dir: Path) -> None:

@@ -319,15 +319,19 @@ def make_non_digits(name: str, count: int | None = None, seed: int = 0, split: s
 
 
 def load_non_digit_sets(dataset: str, data_dir: str | Path | None, limit: int | None = None, seed: int = 0,
-                        download: bool = False, split: str = "benchmark") -> tuple[dict[str, torch.Tensor], list[str]]:
+                        download: bool = False, split: str = "benchmark",
+                        make: Callable[[str, int, int, str, str | None], torch.Tensor] | None = None
+                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The NON_DIGIT_SETS outside `dataset`'s domain (`limit`: at most N images each) from `split`, and a note for
-    each set that could not be made (the other dataset's files missing), which is then left out."""
+    each set that could not be made (the other dataset's files missing), which is then left out. `make(name, count,
+    seed, split, data_dir)` makes a set instead of make_non_digits (vit_mnist.data.image_cache's disk cache)."""
     sets, notes = {}, []
     for name in non_digit_sets_for(dataset):
         count = SET_SIZES[name] if limit is None else min(limit, SET_SIZES[name])
+        folder = None if data_dir is None else str(data_dir)
         try:
-            sets[name] = make_non_digits(name, count, seed, split, None if data_dir is None else str(data_dir),
-                                         download)
+            sets[name] = (make(name, count, seed, split, folder) if make is not None
+                          else make_non_digits(name, count, seed, split, folder, download))
         except UserError as e:
             notes.append(f"{NON_DIGIT_SETS[name][0]} left out: {e}")
             log.warning("The non-digit set %s is left out: %s", name, e)

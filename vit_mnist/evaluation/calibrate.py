@@ -41,7 +41,8 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                             enable_model_summary=False)
     metrics: dict[str, Any] = {"ckpt_path": path}
     metrics.update(fit_after_training(trainer, module, datamodule, path, calibrate=bool(cfg.get("calibrate", True)),
-                                      verdicts=bool(cfg.get("verdicts", True)), rule=rule))
+                                      verdicts=bool(cfg.get("verdicts", True)), rule=rule,
+                                      cache_dir=OmegaConf.select(cfg, "paths.cache_dir")))
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     said = []

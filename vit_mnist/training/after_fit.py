@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from vit_mnist.data.image_cache import cached_non_digits
 from vit_mnist.data.non_digits import load_non_digit_sets
 from vit_mnist.data.writer_shift import writer_shifted
 from vit_mnist.errors import UserError
@@ -47,27 +48,31 @@ def images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
     return int(sum(batches)) * batch_size * max(1, int(trainer.world_size))
 
 
-def threshold_check_images(datamodule: Any, limit: int | None = None) -> torch.Tensor | None:
+def threshold_check_images(datamodule: Any, limit: int | None = None, cache_dir: str | None = None
+                           ) -> torch.Tensor | None:
     """Non-digit images for checking the detector's acceptance: CHECK_IMAGES (at most `limit`) of each set outside
     the data's domain, from their `thresholds` streams (never a benchmark's or an outlier pool's); None when the
-    data module names no dataset or no set can be made."""
+    data module names no dataset or no set can be made. Made once and read from `cache_dir` by later runs, as the
+    outlier pool is (None: made every time)."""
     spec = getattr(datamodule, "spec", None)
     if spec is None:
         return None
     sets, _ = load_non_digit_sets(spec.name, getattr(datamodule, "data_dir", None),
-                                  min(CHECK_IMAGES, limit or CHECK_IMAGES), split="thresholds")
+                                  min(CHECK_IMAGES, limit or CHECK_IMAGES), split="thresholds",
+                                  make=cached_non_digits(cache_dir))
     return torch.cat(list(sets.values())) if sets else None
 
 
 def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "", *,
                        calibrate: bool = True, verdicts: bool = True, rule: VerdictRule | None = None,
-                       limit: int | None = None) -> dict[str, Any]:
+                       limit: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
     """After `trainer.fit`: on global rank zero, the temperature (`calibrate`) and then the detector at that
     temperature (`verdicts`, fitted by `rule`, the config's verdict keys as `check_verdict_options` made them;
     None: the defaults), from the weights of `ckpt_path` (else the in-memory `module`), stored in that file in one
-    write; on every rank, both given to `module`. Returns the `calibration/*` and `verdict/*` metrics."""
+    write; on every rank, both given to `module`. The detector's non-digit check images are cached in `cache_dir`
+    (`threshold_check_images`). Returns the `calibration/*` and `verdict/*` metrics."""
     fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, rule or VerdictRule(),
-                  limit) if trainer.is_global_zero else None
+                  limit, cache_dir) if trainer.is_global_zero else None
     calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
     metrics: dict[str, Any] = {}
     if calibrate:
@@ -86,7 +91,8 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
 
 
 def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: bool, verdicts: bool,
-         rule: VerdictRule, limit: int | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+         rule: VerdictRule, limit: int | None, cache_dir: str | None
+         ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(calibration, detector state), each None when not asked for or nothing to fit on; written into `ckpt_path`.
 
     One pass of the network over the validation images serves both: the temperature is fitted on those the fit's
@@ -140,7 +146,7 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
                                     scorer.temperature, held_outputs=reuse,
-                                    outliers=threshold_check_images(datamodule, limit), confidence_on=confidence_on,
+                                    outliers=threshold_check_images(datamodule, limit, cache_dir), confidence_on=confidence_on,
                                     flat_gate=rule.flat_gate, max_acceptance=rule.max_acceptance)
         except (UserError, ValueError) as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)

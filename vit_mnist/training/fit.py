@@ -149,7 +149,8 @@ def _fit_and_test(cfg: DictConfig, rule: VerdictRule) -> dict[str, Any]:
         if calibrate or verdicts:  # into the best checkpoint, before it is tested
             metrics.update(timed(metrics, "calibration_and_detector", fit_after_training, trainer, module, datamodule, best,
                                  calibrate=calibrate, verdicts=verdicts, rule=rule,
-                                 limit=cfg.get("robustness_images")))
+                                 limit=cfg.get("robustness_images"),
+                                 cache_dir=OmegaConf.select(cfg, "paths.cache_dir")))
         if cfg.get("test"):
             module.warn_uncalibrated = calibrate  # its own choice, not an old checkpoint
             timed(metrics, "test", trainer.test, module, datamodule=datamodule, ckpt_path=best or None, verbose=False)

@@ -14,6 +14,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from vit_mnist.data.rulings import remove_rulings
+from vit_mnist.data.surroundings import remove_surroundings
 from vit_mnist.errors import UserError
 
 MNIST_SIZE = 28  # side of the image the model sees
@@ -144,6 +145,9 @@ def to_mnist_layout(gray: np.ndarray, layout: str = "auto", digits: bool = True)
             "No digit found: the image is blank or has almost no contrast between ink and background. "
             "Draw or photograph a single dark digit on a light background (or light on dark)."
         )
+    # a table or a scanner's margin along the photo's edge; the ink's strength measured again without it
+    ink = remove_surroundings(ink, INK_THRESHOLD * peak)
+    peak = float(ink.max())
     ink = remove_rulings(ink, INK_THRESHOLD * peak)  # ruled or squared paper, a form's box
     ink *= 255.0 / float(ink.max())  # faint pencil or a grey scan gets MNIST's full-strength strokes
 

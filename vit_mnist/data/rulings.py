@@ -48,7 +48,7 @@ def remove_rulings(ink: np.ndarray, threshold: float) -> np.ndarray:
         if left.sum() < MIN_LEFT * (ink > threshold).sum():
             return ink
         # lines that stop where the writing does are its strokes (an E's bars): kept, and the rest looked at again
-        writing = _writing(left)
+        writing = writing_pieces(left)
         past_across = not use_across or _run_past(across, writing, axis=1)
         past_down = not use_down or _run_past(down, writing, axis=0)
         if past_across and past_down:
@@ -72,7 +72,7 @@ def _taken_out(ink: np.ndarray, mask: np.ndarray, across: np.ndarray | None, dow
     return np.where(edges, 0.0, ink)
 
 
-def _writing(left: np.ndarray) -> np.ndarray:
+def writing_pieces(left: np.ndarray) -> np.ndarray:
     """The pieces of the ink `left` that make the writing: each at least STRAY of it (8-connected)."""
     pieces, _ = ndimage.label(left, structure=np.ones((3, 3)))
     sizes = np.bincount(pieces.ravel())

@@ -146,7 +146,8 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         try:
             detector = fit_detector(outputs, stats, thresholds, scorer.hparams.model.get("num_classes", 10), score,
                                     scorer.temperature, held_outputs=reuse,
-                                    outliers=threshold_check_images(datamodule, limit, cache_dir), confidence_on=confidence_on,
+                                    outliers=threshold_check_images(datamodule, limit, cache_dir),
+                                    confidence_on=confidence_on,
                                     flat_gate=rule.flat_gate, max_acceptance=rule.max_acceptance)
         except (UserError, ValueError) as e:
             log.warning("No out-of-domain detector for this run (%s): its answers get no out_of_domain verdict.", e)

@@ -118,6 +118,32 @@ def test_local_feed_forward_mixes_each_patch_token_with_its_grid_neighbours_only
     assert int(((plain(moved) - plain(tokens)).abs().amax(dim=-1) > 1e-6).sum()) == 1
 
 
+@pytest.mark.parametrize(("stem", "tokenizer", "ffn", "pool"),
+                         [("cct", "patch", "leff", "seq"), ("patch", "spt", "mlp", "cls"), ("conv2", "patch", "leff", "cls")])
+def test_a_centrally_cropped_image_reads_with_the_central_tokens_positions(stem: str, tokenizer: str, ffn: str,
+                                                                          pool: str) -> None:
+    """The crop warmup's batches: the central 20x20 of a 28x28 image is 5x5 of the 7x7 tokens, each at its place."""
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(hidden_dim=32, depth=1, heads=2, mlp_dim=48, patch_size=4, stem=stem,
+                                        tokenizer=tokenizer, ffn=ffn, pool=pool)).eval()
+    crop = torch.randn(3, 1, 20, 20)
+    with torch.no_grad():
+        before = model(crop)
+        prefix = model.num_prefix_tokens
+        grid = model.pos_embed[0, prefix:].view(7, 7, -1)
+        step = torch.randn(grid.shape[-1])  # not a constant: the layer norms would take that out again
+        grid[0].add_(step), grid[-1].add_(step), grid[:, 0].add_(step), grid[:, -1].add_(step)  # the outer ring only
+        ring_moved = model(crop)
+        grid[3, 3].add_(step)  # the centre token's position
+        centre_moved = model(crop)
+    assert before.shape == (3, 10)
+    torch.testing.assert_close(ring_moved, before)  # the ring's positions belong to the cut margin
+    assert not torch.allclose(centre_moved, before)
+    with pytest.raises(ValueError, match="central square"):
+        model(torch.randn(1, 1, 24, 24))  # 6x6 tokens: an odd margin of tokens has no central place
+    assert model(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [

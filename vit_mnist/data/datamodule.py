@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vit_mnist.data.augment import AugmentConfig
 from vit_mnist.data.augment import augment as augment_batch
+from vit_mnist.data.crop_warmup import crop_warmup_from
 from vit_mnist.data.idx import read_images, read_labels
 from vit_mnist.data.outliers import OutlierPool
 from vit_mnist.data.samplers import eval_sampler
@@ -87,6 +88,7 @@ class MNISTDataModule(LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         augment: dict | None = None,
+        crop_warmup: dict | None = None,
         image_size: int = 28,
         in_channels: int = 1,
         num_classes: int = 10,
@@ -102,6 +104,7 @@ class MNISTDataModule(LightningDataModule):
         check_loader_options(batch_size, eval_batch_size, val_size, num_workers)
         self.save_hyperparameters(logger=False)
         self.augment = AugmentConfig(**(augment or {}))
+        self.crop_warmup = crop_warmup_from(crop_warmup)  # checked against the network by the run's checks
         check_styles(self.augment, self.spec)
         self.data_dir = data_dir
         self.train_set: InMemoryDataset | None = None
@@ -180,14 +183,18 @@ class MNISTDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
+        # augmented at full size, then cut: a shifted or turned digit brings its strokes in from the margin
+        crop = self.crop_warmup.crop if training and self.crop_warmup.applies(self.trainer) else None
         if training and self.outliers is not None:
             # the same path as the digits, in the same call (one augmentation pass per step, not two): augmented,
             # normalised, converted; then apart again
             outliers = self.outliers.draw(images.device)
             no_digit = torch.full((len(outliers),), -1, dtype=labels.dtype, device=labels.device)
             x = self._model_input(torch.cat([images, outliers]), True, torch.cat([labels, no_digit]))
+            x = crop(x) if crop else x
             return x[:len(labels)], labels, x[len(labels):]
-        return self._model_input(images, training, labels), labels
+        x = self._model_input(images, training, labels)
+        return (crop(x) if crop else x), labels
 
     def _model_input(self, images: torch.Tensor, train: bool, labels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.transform(images, train=train, labels=labels)

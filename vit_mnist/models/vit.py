@@ -257,8 +257,9 @@ class ShiftedPatchTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.shifted_stack(x)
         B, C, H, W = x.shape
-        p, g = self.patch_size, self.grid_size
-        patches = x.reshape(B, C, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(B, g * g, C * p * p)
+        p = self.patch_size
+        gh, gw = H // p, W // p  # the full grid, or a central crop's (a crop warmup's training batches)
+        patches = x.reshape(B, C, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)
         return self.proj(self.norm(patches))  # (B, N, D)
 
 
@@ -338,9 +339,9 @@ class LocalMlp(Mlp):
     to the expanded tokens (after CeiT's locally-enhanced feed-forward, Yuan et al., 2021): each token mixes with its
     neighbours in every block, the locality a CNN has at each layer; CLS/distillation tokens skip the convolution."""
 
-    def __init__(self, dim: int, hidden: int, grid_size: int, num_prefix_tokens: int, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, num_prefix_tokens: int, dropout: float = 0.0):
         super().__init__(dim, hidden, dropout)
-        self.grid_size, self.num_prefix_tokens = grid_size, num_prefix_tokens
+        self.num_prefix_tokens = num_prefix_tokens  # the patch tokens after them form a square grid
         self.local = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
                                    nn.BatchNorm2d(hidden), nn.GELU())
 
@@ -348,7 +349,8 @@ class LocalMlp(Mlp):
         h = self.drop(self.act(self.fc1(x)))
         prefix, patches = h[:, :self.num_prefix_tokens], h[:, self.num_prefix_tokens:]
         B, N, C = patches.shape
-        grid = patches.transpose(1, 2).reshape(B, C, self.grid_size, self.grid_size)
+        side = math.isqrt(N)  # the full grid, or a central crop's (a crop warmup's training batches)
+        grid = patches.transpose(1, 2).reshape(B, C, side, side)
         local = self.local(grid).flatten(2).transpose(1, 2)
         h = torch.cat([prefix, patches + local], dim=1) if self.num_prefix_tokens else patches + local
         return self.drop(self.fc2(h))
@@ -435,8 +437,7 @@ class VisionTransformer(nn.Module):
 
     def _feed_forward(self, config: ViTConfig) -> Mlp:
         if config.ffn == "leff":
-            return LocalMlp(config.hidden_dim, config.mlp_dim, self.patch_embed.grid_size, self.num_prefix_tokens,
-                            config.dropout)
+            return LocalMlp(config.hidden_dim, config.mlp_dim, self.num_prefix_tokens, config.dropout)
         return Mlp(config.hidden_dim, config.mlp_dim, config.dropout)
 
     def no_weight_decay(self) -> set[str]:
@@ -478,12 +479,27 @@ class VisionTransformer(nn.Module):
         prefix = [getattr(self, name).expand(x.shape[0], -1, -1) for name in ("cls_token", "dist_token")
                   if hasattr(self, name)]
         x = torch.cat([*prefix, x], dim=1)
-        x = self.pos_drop(x + self.pos_embed)
+        x = self.pos_drop(x + self.positions(x.shape[1] - self.num_prefix_tokens))
         attentions = []
         for block in self.blocks:
             x, weights = block(x, return_attention)
             attentions.append(weights)
         return self.norm(x), attentions
+
+    def positions(self, num_patches: int) -> torch.Tensor:
+        """The learned positions (1, prefix + num_patches, D): all of them for a whole image; for an image cropped
+        centrally by whole tokens (a crop warmup's training batches) the grid's central square, so each token keeps
+        the position it has in the whole image."""
+        full = self.patch_embed.grid_size
+        if num_patches == full * full:
+            return self.pos_embed
+        side = math.isqrt(num_patches)
+        if side * side != num_patches or side > full or (full - side) % 2:
+            raise ValueError(f"the ViT reads {full}x{full} tokens, or a central square of them; its input gave "
+                             f"{num_patches} tokens: crop images centrally by a whole number of patches per side")
+        start, p = (full - side) // 2, self.num_prefix_tokens
+        grid = self.pos_embed[:, p:].unflatten(1, (full, full))[:, start:start + side, start:start + side]
+        return torch.cat([self.pos_embed[:, :p], grid.flatten(1, 2)], dim=1)
 
     def pool_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Sequence pooling's weights over the patch tokens (B, N), summing to 1 per image."""

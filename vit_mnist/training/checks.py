@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.data.augment import AugmentConfig
+from vit_mnist.data.crop_warmup import crop_warmup_from
 from vit_mnist.data.datamodule import check_loader_options, check_styles
 from vit_mnist.data.sources import ensure_files, get_spec
 from vit_mnist.errors import UserError
@@ -48,6 +49,9 @@ def validate(cfg: DictConfig) -> VerdictRule:
         )
     check_styles(AugmentConfig(**cfg.data.get("augment", {})), spec)  # the ranges' own checks, then the dataset's
     d = cfg.data
+    # a ViT's crop keeps whole tokens on every side (each keeps its position); a CNN pools over any size
+    token_pixels = m.patch_size if m.get("arch", "vit") == "vit" else 1
+    crop_warmup_from(d.get("crop_warmup")).check(spec.image_size, token_pixels)
     check_loader_options(d.get("batch_size", 64), d.get("eval_batch_size", 100), d.get("val_size", 5000),
                          d.get("num_workers", 0))
     check_training_options(cfg)

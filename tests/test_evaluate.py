@@ -79,6 +79,26 @@ def test_evaluate_reproduces_the_training_run(trained: tuple[Path, dict], data_d
     assert "test/classification_report/text_summary" in events.Tags()["tensors"]
 
 
+def test_evaluate_says_when_it_computes_in_another_precision_than_the_run(
+        data_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that tested itself in bf16 (the fast recipes on a CPU with native bf16) records it in its checkpoint;
+    evaluate computes in fp32 unless told, says so, and reproduces the run's figures exactly when told."""
+    _, run = trained_run(tmp_path_factory, data_dir, "trainer.max_epochs=1", "trainer.precision=bf16-mixed",
+                         "logger=csv")
+    ckpt = run["best_checkpoint"]
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["trainer_precision"] == "bf16-mixed"
+    plain = evaluate(eval_config(data_dir, tmp_path / "fp32", ckpt))
+    said = " ".join(capsys.readouterr().out.split())
+    assert (plain["precision"], plain["run_precision"]) == ("32-true", "bf16-mixed")
+    assert "computed in 32-true, the run tested itself in bf16-mixed" in said
+    assert "trainer.precision=bf16-mixed reproduces the run's exactly" in said
+    same = evaluate(eval_config(data_dir, tmp_path / "bf16", ckpt, "trainer.precision=bf16-mixed"))
+    assert "note:" not in capsys.readouterr().out
+    for key in ("test/acc", "test/loss", "test/ece"):
+        assert same[key] == run[key], key
+
+
 def test_tta_override_scores_the_shifted_views(trained: tuple[Path, dict], data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.models.tta import tta_logits
 

@@ -19,6 +19,7 @@ from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer, instantiate_group
 from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint
 from vit_mnist.training.distributed import check_accelerator
+from vit_mnist.training.module import PRECISION_KEY
 
 SPLITS = ("test", "val")
 HOW = ("Give the path of a checkpoint written by `python -m vit_mnist.train`, "
@@ -80,6 +81,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "checkpoint_epoch": ckpt.get("epoch"),
             "checkpoint_global_step": ckpt.get("global_step"),
             "device": str(trainer.strategy.root_device),
+            "precision": str(trainer.precision),
+            "run_precision": ckpt.get(PRECISION_KEY),  # None for a checkpoint written before it was recorded
             "wall_time_s": round(time.perf_counter() - started, 2),
         }
     )
@@ -91,4 +94,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_json(out_dir / "metrics.json", metrics)
     print(f"{split}/acc {metrics[f'{split}/acc']:.4f}  {split}/ece {metrics[f'{split}/ece']:.4f} (before "
           f"calibration {metrics[f'{split}/ece_raw']:.4f}, temperature {module.temperature:.4g})  reports in {out_dir}")
+    if metrics["run_precision"] not in (None, metrics["precision"]):
+        print(f"note: this evaluation computed in {metrics['precision']}, the run tested itself in "
+              f"{metrics['run_precision']}: the figures may differ from the run's in the last digits; "
+              f"trainer.precision={metrics['run_precision']} reproduces the run's exactly (predict and the exports "
+              f"compute in fp32).")
     return metrics

@@ -39,6 +39,9 @@ from vit_mnist.runtime.hardware import synchronize
 from vit_mnist.training.distill import distillation_loss
 from vit_mnist.training.outlier_exposure import uniform_cross_entropy
 
+# the checkpoint key of the trainer precision the run trained and tested in (e.g. "bf16-mixed", "32-true")
+PRECISION_KEY = "trainer_precision"
+
 log = logging.getLogger(__name__)
 
 
@@ -173,6 +176,8 @@ class ViTClassifier(LightningModule):
                         f"{source} " if source else "", source or "<the checkpoint>")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:  # what the run computed in, its test too: `evaluate` says when it differs
+            checkpoint[PRECISION_KEY] = str(self._trainer.precision)
         if self.calibration:
             checkpoint["calibration"] = dict(self.calibration)
         if self.ood_detector is not None:

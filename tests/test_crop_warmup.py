@@ -1,4 +1,4 @@
-"""The crop warmup: the first share of the steps trains on the images' centre, the rest and evaluation on whole images."""
+"""The crop warmup: the first share of the steps trains on the centre; the rest and evaluation on whole images."""
 
 from __future__ import annotations
 
@@ -60,8 +60,10 @@ def test_without_the_warmup_every_step_trains_on_whole_images(make_cfg) -> None:
     ((*CCT, "data.crop_warmup.size=24"), r"data.crop_warmup.size=24 cannot cut 28x28 images .* divisible by 8"),
     (("data.crop_warmup.size=21",), r"data.crop_warmup.size=21 .* 7-pixel tokens .* divisible by 14; e.g. 14\)"),
     (("data.crop_warmup.size=28",), r"data.crop_warmup.size=28 .* smaller than the image"),
-    ((*CCT, "data.crop_warmup.size=20", "data.crop_warmup.fraction=0"), r"data.crop_warmup.fraction=0 must lie in \(0, 1\]"),
-    ((*CCT, "+data.crop_warmup.side=20"), r"data.crop_warmup takes `size` and `fraction`; it was given \['fraction'"),
+    ((*CCT, "data.crop_warmup.size=20", "data.crop_warmup.fraction=0"),
+     r"data.crop_warmup.fraction=0 must lie in \(0, 1\]"),
+    ((*CCT, "+data.crop_warmup.side=20"),
+     r"data.crop_warmup takes `size` and `fraction`; it was given \['fraction'"),
 ])
 def test_a_crop_the_network_cannot_read_is_refused_naming_the_key(make_cfg, overrides: tuple, message: str) -> None:
     with pytest.raises(UserError, match=message):

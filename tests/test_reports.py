@@ -176,3 +176,26 @@ def test_rollout_of_a_real_model() -> None:
     assert maps.shape == (3, 4, 4) and (maps >= 0).all() and torch.allclose(maps.amax(dim=(1, 2)), torch.ones(3))
     with pytest.raises(ValueError):
         attention_rollout([None])  # the fast path's weights
+
+
+def test_the_misclassified_figure_shows_each_image_in_order_under_its_title() -> None:
+    from vit_mnist.reports.figures import misclassified_figure
+
+    images = torch.zeros(11, 1, 28, 28)
+    for i in range(11):
+        images[i, 0, i, :] = 1.0  # image i: one white row, at row i
+    preds, targets = torch.arange(11) % 10, (torch.arange(11) + 3) % 10
+    fig = misclassified_figure(images, targets, preds, torch.linspace(0.5, 0.99, 11), CLASSES, cols=4)
+    (ax,) = fig.axes
+    mosaic = ax.images[0].get_array()
+    filled = ~mosaic.mask
+    assert filled.sum() == 11 * 28 * 28  # eleven images whole, the twelfth cell of the 3x4 grid empty
+    cells = [(r, c) for r in range(3) for c in range(4)]
+    cell_h, cell_w = mosaic.shape[0] // 3, mosaic.shape[1] // 4
+    for i, (r, c) in enumerate(cells[:11]):
+        block = mosaic[r * cell_h:(r + 1) * cell_h, c * cell_w:(c + 1) * cell_w]
+        rows = (block.filled(0) > 0.5).any(axis=1).nonzero()[0]
+        assert len(rows) == 1 and rows[0] == cell_h - 28 + i  # image i in its own cell, under its title
+    titles = [t.get_text() for t in ax.texts]
+    assert titles[0] == f"true {CLASSES[3]}\npred {CLASSES[0]} 0.50" and len(titles) == 11
+    plt.close(fig)

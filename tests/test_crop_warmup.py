@@ -60,6 +60,8 @@ def test_without_the_warmup_every_step_trains_on_whole_images(make_cfg) -> None:
     ((*CCT, "data.crop_warmup.size=24"), r"data.crop_warmup.size=24 cannot cut 28x28 images .* divisible by 8"),
     (("data.crop_warmup.size=21",), r"data.crop_warmup.size=21 .* 7-pixel tokens .* divisible by 14; e.g. 14\)"),
     (("data.crop_warmup.size=28",), r"data.crop_warmup.size=28 .* smaller than the image"),
+    (("data.crop_warmup.size=half",), r"data.crop_warmup.size='half' .* a whole number of pixels"),
+    ((*CCT, "data.crop_warmup.size=20", "data.crop_warmup.fraction=most"), r"data.crop_warmup.fraction=most must"),
     ((*CCT, "data.crop_warmup.size=20", "data.crop_warmup.fraction=0"),
      r"data.crop_warmup.fraction=0 must lie in \(0, 1\]"),
     ((*CCT, "+data.crop_warmup.side=20"),

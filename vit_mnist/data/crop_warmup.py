@@ -27,15 +27,16 @@ class CropWarmup:
         CNN, pixels) are `token_pixels` wide: the margin cut on each side must be a whole number of tokens."""
         if self.size == 0:
             return
-        margin = image_size - self.size
-        if not 0 < self.size < image_size or margin % (2 * token_pixels):
+        whole = isinstance(self.size, int) and not isinstance(self.size, bool)
+        if not whole or not 0 < self.size < image_size or (image_size - self.size) % (2 * token_pixels):
             raise UserError(
-                f"data.crop_warmup.size={self.size} cannot cut {image_size}x{image_size} images for this network: "
-                f"the crop must be smaller than the image and leave the same whole number of {token_pixels}-pixel "
-                f"tokens on every side (a margin divisible by {2 * token_pixels}; e.g. "
+                f"data.crop_warmup.size={self.size!r} cannot cut {image_size}x{image_size} images for this network: "
+                f"the crop must be a whole number of pixels, smaller than the image, that leaves the same whole "
+                f"number of {token_pixels}-pixel tokens on every side (a margin divisible by {2 * token_pixels}; e.g. "
                 f"{image_size - 2 * token_pixels}), so that each token keeps its place. Use 0 to train on whole images."
             )
-        if not 0.0 < self.fraction <= 1.0:
+        number = isinstance(self.fraction, (int, float)) and not isinstance(self.fraction, bool)
+        if not number or not 0.0 < self.fraction <= 1.0:
             raise UserError(
                 f"data.crop_warmup.fraction={self.fraction} must lie in (0, 1]: the share of the run's optimizer "
                 f"steps that train on the crop (e.g. 0.5: the first half)."

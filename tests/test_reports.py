@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -198,4 +199,26 @@ def test_the_misclassified_figure_shows_each_image_in_order_under_its_title() ->
         assert len(rows) == 1 and rows[0] == cell_h - 28 + i  # image i in its own cell, under its title
     titles = [t.get_text() for t in ax.texts]
     assert titles[0] == f"true {CLASSES[3]}\npred {CLASSES[0]} 0.50" and len(titles) == 11
+    plt.close(fig)
+
+
+def test_the_attention_figure_lays_each_map_block_over_the_pixels_of_its_patch() -> None:
+    from vit_mnist.reports.figures import attention_figure
+
+    images, maps = torch.zeros(3, 1, 28, 28), torch.zeros(3, 7, 7)
+    images[1] = 1.0
+    maps[2, 0, 0] = 1.0  # image 2's map: only its top-left patch is relevant
+    fig = attention_figure(images, maps, torch.tensor([1, 2, 3]), torch.tensor([1, 5, 3]), CLASSES)
+    (ax,) = fig.axes
+    mosaic = ax.images[0].get_array()
+    cell = mosaic.shape[1] // 3
+    hot, cold = plt.get_cmap("inferno")(1.0)[:3], plt.get_cmap("inferno")(0.0)[:3]
+    overlays = mosaic[-cell:]  # the bottom row of cells: each image under its map
+    left = (cell - 28) // 2
+    third = overlays[:28, 2 * cell + left:2 * cell + left + 28]
+    assert np.allclose(third[:4, :4], 0.6 * np.array(hot)) and np.allclose(third[4:, 4:], 0.6 * np.array(cold))
+    second = overlays[:28, cell + left:cell + left + 28]
+    assert np.allclose(second, 0.4 + 0.6 * np.array(cold))  # a white image shows through 40% of the map
+    colours = [t.get_color() for t in ax.texts]
+    assert colours == ["black", "firebrick", "black"]  # the wrong answer in red
     plt.close(fig)

@@ -162,24 +162,32 @@ def attention_figure(
     activation map (`title` says which)."""
     if len(images) == 0:
         return _empty_figure("No images to show.")
-    n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.5 * n, 3.6), squeeze=False)
-    height, width = images.shape[-2:]
-    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # one block per patch, stretched over its pixels
+    n, (height, width) = len(images), images.shape[-2:]
+    # one RGB mosaic in one axes (as the misclassified figure): each image, its title above, and below it the
+    # image under its map, 60% map, each map block stretched over the pixels of its patch
+    cell_w = round(width * 1.2)
+    title_h = round(cell_w * 0.35)
+    mosaic = np.ones((title_h + 2 * cell_w, n * cell_w, 3))
+    fig = plt.figure(figsize=(1.5 * n, 1.5 * (title_h + 2 * cell_w) / cell_w + 0.4))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight()))
+    inferno = plt.get_cmap("inferno")
     for i in range(n):
-        image = images[i, 0].numpy()
-        top, bottom = axes[0, i], axes[1, i]
-        top.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+        image = images[i, 0].clamp(0.0, 1.0).numpy()
+        grey = np.repeat(image[..., None], 3, axis=-1)
+        block = maps[i].clamp(0.0, 1.0).numpy()
+        rows = ((np.arange(height) + 0.5) * block.shape[0] / height).astype(int)
+        cols = ((np.arange(width) + 0.5) * block.shape[1] / width).astype(int)
+        overlay = 0.4 * grey + 0.6 * inferno(block[np.ix_(rows, cols)])[..., :3]
+        left = i * cell_w + (cell_w - width) // 2
+        mosaic[title_h:title_h + height, left:left + width] = grey
+        mosaic[title_h + cell_w:title_h + cell_w + height, left:left + width] = overlay
         colour = "black" if int(targets[i]) == int(preds[i]) else "firebrick"
-        top.set_title(f"true {_short(class_names[int(targets[i])])}\npred {_short(class_names[int(preds[i])])}",
-                      fontsize=7.5, color=colour)
-        bottom.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
-        bottom.imshow(maps[i].numpy(), cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest",
-                      vmin=0.0, vmax=1.0)
-        for ax in (top, bottom):
-            ax.axis("off")
+        ax.text(left + width / 2, title_h - 1,
+                f"true {_short(class_names[int(targets[i])])}\npred {_short(class_names[int(preds[i])])}",
+                ha="center", va="bottom", fontsize=7.5, color=colour)
+    ax.imshow(mosaic, aspect="auto", interpolation="nearest")
+    ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 

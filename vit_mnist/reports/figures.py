@@ -70,6 +70,17 @@ def _empty_figure(text: str) -> plt.Figure:
     return fig
 
 
+def _mosaic_figure(width: float, height: float, title: str) -> tuple[plt.Figure, plt.Axes]:
+    """A figure of `width` x `height` inches for one image mosaic: one axes without ticks under a 0.4-inch band
+    for `title`. One axes for a whole grid of images: drawing one per image took most of the after-fit reports'
+    time (docs/results.md#fast)."""
+    fig = plt.figure(figsize=(width, height + 0.4))
+    ax = fig.add_axes((0.0, 0.0, 1.0, height / (height + 0.4)))
+    ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return fig, ax
+
+
 def misclassified_figure(
     images: torch.Tensor, targets: torch.Tensor, preds: torch.Tensor, confidence: torch.Tensor,
     class_names: list[str], cols: int = 8,
@@ -79,13 +90,12 @@ def misclassified_figure(
         return _empty_figure("No misclassified images: every image was classified correctly.")
     n, (height, width) = len(images), images.shape[-2:]
     rows = math.ceil(n / cols)
-    # one mosaic in one axes, each image in a cell with room for its title above: drawing dozens of axes took most
-    # of the after-fit reports' time (docs/results.md#fast)
+    # each image in a cell of 1.45 x 1.65 inches, its title above it
     cell_w = round(width * 1.2)
-    cell_h = round(cell_w * 1.65 / 1.45)  # the cells' shape in inches below: square pixels
+    cell_h = round(cell_w * 1.65 / 1.45)  # square pixels
     mosaic = np.full((rows * cell_h, cols * cell_w), np.nan)
-    fig = plt.figure(figsize=(1.45 * cols, 1.65 * rows + 0.4))
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.4 / (1.65 * rows + 0.4)))
+    fig, ax = _mosaic_figure(1.45 * cols, 1.65 * rows,
+                             f"The {n} most confidently wrong predictions (true, predicted, confidence)")
     for i, (image, t, p, c) in enumerate(zip(images, targets.tolist(), preds.tolist(), confidence.tolist())):
         top, left = (i // cols) * cell_h + cell_h - height, (i % cols) * cell_w + (cell_w - width) // 2
         mosaic[top:top + height, left:left + width] = image[0].numpy()
@@ -93,8 +103,6 @@ def misclassified_figure(
                 ha="center", va="bottom", fontsize=7.5, color="firebrick")
     cmap = plt.get_cmap("gray").with_extremes(bad="white")
     ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    ax.axis("off")
-    fig.suptitle(f"The {n} most confidently wrong predictions (true, predicted, confidence)", fontsize=10)
     return fig
 
 
@@ -163,13 +171,12 @@ def attention_figure(
     if len(images) == 0:
         return _empty_figure("No images to show.")
     n, (height, width) = len(images), images.shape[-2:]
-    # one RGB mosaic in one axes (as the misclassified figure): each image, its title above, and below it the
-    # image under its map, 60% map, each map block stretched over the pixels of its patch
+    # an RGB mosaic, 1.5 inches a column: each image, its title above, and below it the image under its map, 60%
+    # map, each map block stretched over the pixels of its patch
     cell_w = round(width * 1.2)
     title_h = round(cell_w * 0.35)
     mosaic = np.ones((title_h + 2 * cell_w, n * cell_w, 3))
-    fig = plt.figure(figsize=(1.5 * n, 1.5 * (title_h + 2 * cell_w) / cell_w + 0.4))
-    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.4 / fig.get_figheight()))
+    fig, ax = _mosaic_figure(1.5 * n, 1.5 * mosaic.shape[0] / cell_w, title)
     inferno = plt.get_cmap("inferno")
     for i in range(n):
         image = images[i, 0].clamp(0.0, 1.0).numpy()
@@ -186,8 +193,6 @@ def attention_figure(
                 f"true {_short(class_names[int(targets[i])])}\npred {_short(class_names[int(preds[i])])}",
                 ha="center", va="bottom", fontsize=7.5, color=colour)
     ax.imshow(mosaic, aspect="auto", interpolation="nearest")
-    ax.axis("off")
-    fig.suptitle(title, fontsize=10)
     return fig
 
 

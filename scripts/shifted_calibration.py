@@ -2,9 +2,11 @@
 
     python scripts/shifted_calibration.py <run>/checkpoints/best.ckpt [data_dir]
 
-The run's temperature is fitted on its validation digits as they are. The other rows fit it on the first 5,000 of
-them together with the same drawn as other writers' (vit_mnist.data.writer_shift, at full and at a quarter strength),
-on the shifted ones alone, or fix it by hand (from sharp to none); each is scored by the expected calibration error
+The run's temperature is fitted on its validation digits as they are (or, for a run with calibrate_on=noisy, also on
+half of them again under noise). The other rows fit it on the first 5,000 of them together with the same drawn as
+other writers' (vit_mnist.data.writer_shift, at full and at a quarter strength), on the shifted ones alone, on them and
+half of them again under Gaussian noise of std evenly from 0 up to 0.5, 0.7 or 1 (calibrate_on=noisy is 1), or fix it
+by hand (from sharp to none); each is scored by the expected calibration error
 (the robustness report's bins) on the first 2,000 test digits, the mean over the 21 corruptions of
 conf/corruptions/ and the 1,797 other writers' digits. Last, per corruption at the run's temperature: accuracy and
 mean top-1 probability (under-confident where the second is the lower).
@@ -28,10 +30,11 @@ from vit_mnist.models.outputs import run_network
 from vit_mnist.ood.detector import THRESHOLD_IMAGES
 from vit_mnist.reports.samples import CALIBRATION_BINS
 from vit_mnist.robustness_suite.suite import build_suite
-from vit_mnist.training.calibration import fit_temperature
+from vit_mnist.training.calibration import fit_temperature, noisy_copies
 from vit_mnist.training.checkpoints import load_module, read_checkpoint, trained_dataset
 
 BY_HAND = (0.3, 0.5, 0.6, 1.0, 1.2)  # how far a temperature alone can go, either way
+NOISE_STDS = (0.5, 0.7, 1.0)  # the strongest noise of calibrate_on=noisy's copies (it takes 1)
 
 
 def main(ckpt_path: str, data_dir: str) -> None:
@@ -61,10 +64,18 @@ def main(ckpt_path: str, data_dir: str) -> None:
                                                   n_bins=CALIBRATION_BINS))
 
     both = torch.cat([val_labels, val_labels])
-    temperatures = {"the run's (clean validation digits)": float(module.temperature),
+    half = (len(val_labels) + 1) // 2
+
+    def with_noise(max_std: float) -> float:  # as the after-fit step fits calibrate_on=noisy, at another strength
+        noisy = logits(noisy_copies(val[:half], max_std=max_std))
+        return fit_temperature(torch.cat([clean_val, noisy, noisy]),
+                               torch.cat([val_labels, val_labels[:half], val_labels[:half]]))
+
+    temperatures = {"the run's (as its checkpoint stores it)": float(module.temperature),
                     "clean + fully shifted validation digits": fit_temperature(torch.cat([clean_val, full]), both),
                     "clean + quarter-shifted validation digits": fit_temperature(torch.cat([clean_val, quarter]), both),
                     "fully shifted validation digits alone": fit_temperature(full, val_labels),
+                    **{f"clean + half again under noise of std 0-{m:g}": with_noise(m) for m in NOISE_STDS},
                     **{f"by hand {t:g}": t for t in BY_HAND}}
     print("| temperature fitted on | T | ECE clean | ECE corrupted (mean) | ECE other writers |\n"
           "|---|---:|---:|---:|---:|")

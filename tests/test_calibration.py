@@ -26,9 +26,15 @@ from vit_mnist.inference import Predictor
 from vit_mnist.inference.export import export, read_onnx_metadata
 from vit_mnist.inference.files import predict_files
 from vit_mnist.inference.web import create_app
+from vit_mnist.models.outputs import run_network
 from vit_mnist.models.tta import tta_logits
 from vit_mnist.ood.detector import STATS_ON, UNSURE_ON
-from vit_mnist.training.calibration import fit_temperature, nll
+from vit_mnist.training.calibration import (
+    CALIBRATE_ON,
+    fit_temperature,
+    nll,
+    noisy_copies,
+)
 from vit_mnist.training.checkpoints import (
     load_module,
     read_checkpoint,
@@ -322,8 +328,56 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     assert shifted["info"]["statistics_images"] == 2 * after["ood_detector"]["info"]["statistics_images"]
 
 
+def test_noisy_copies_run_from_clean_to_unreadable_and_are_the_same_every_time() -> None:
+    images = torch.zeros(400, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 6:22, 12:16] = 255  # a bar on a black background
+    kept = images.clone()
+    noisy = noisy_copies(images)
+    assert noisy.dtype == torch.uint8 and noisy.shape == images.shape and torch.equal(images, kept)
+    assert torch.equal(noisy_copies(images), noisy) and not torch.equal(noisy_copies(images, seed=2), noisy)
+    changed = (noisy.float() - images.float()).abs().mean(dim=(1, 2, 3)) / 255  # how far each copy moved
+    # each image its own strength, evenly from none to unreadable (std 1: most pixels pushed to 0 or 255), in a
+    # drawn order
+    assert float(changed.min()) < 0.01 and float(changed.max()) > 0.3
+    assert 0.15 < float(changed.median()) < 0.25 and float(changed.std()) > 0.07
+    assert float(changed[:200].mean()) == pytest.approx(float(changed[200:].mean()), abs=0.03)
+
+
+def test_the_temperature_fitted_on_noisy_copies_too(tiny: Path, data_dir: Path, tmp_path: Path) -> None:
+    from vit_mnist.evaluation.calibrate import calibrate_checkpoint
+
+    temperatures = {}
+    for on in CALIBRATE_ON:
+        path = tmp_path / f"{on}.ckpt"
+        write_checkpoint(read_checkpoint(tiny), path)
+        metrics = calibrate_checkpoint(compose_config(
+            [f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", "verdicts=false",
+             "trainer.precision=32-true", f"calibrate_on={on}"], tmp_path / on, "calibrate"))
+        stored = read_checkpoint(path)["calibration"]
+        assert stored["fitted_on"] == CALIBRATE_ON[on] and stored["temperature"] == metrics["calibration/temperature"]
+        temperatures[on] = stored["temperature"]
+
+    # Independently: the validation digits' logits as the test computes them, and their noisy copies' logits
+    module, recorded = load_module(tiny), read_checkpoint(tiny)["datamodule_hyper_parameters"]
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=recorded["val_size"], split_seed=recorded["split_seed"],
+                         download=False)
+    dm.setup("fit")
+    val, labels = dm.val_set.images, dm.val_set.labels
+
+    def logits(images: torch.Tensor) -> torch.Tensor:
+        return run_network(module.net, images, dm.mean, dm.std, tta=bool(module.hparams.get("tta")))[0]
+
+    clean = logits(val)
+    assert temperatures["clean"] == pytest.approx(fit_temperature(clean, labels), rel=1e-4)
+    half = (len(labels) + 1) // 2  # the first half again under noise, counted twice
+    noisy = logits(noisy_copies(val[:half]))
+    both = fit_temperature(torch.cat([clean, noisy, noisy]), torch.cat([labels, labels[:half], labels[:half]]))
+    assert temperatures["noisy"] == pytest.approx(both, rel=1e-4)
+    assert abs(temperatures["noisy"] - temperatures["clean"]) > 1e-3  # the noisy half moved it
+
+
 @pytest.mark.parametrize("case", ["missing", "foreign", "nothing_to_fit", "unsure_on", "stats_on", "flat_gate",
-                                  "shift_strength", "max_acceptance"])
+                                  "shift_strength", "max_acceptance", "calibrate_on"])
 def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, data_dir: Path, tmp_path: Path) -> None:
     from vit_mnist.evaluation.calibrate import calibrate_checkpoint
 
@@ -334,11 +388,11 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     elif case == "nothing_to_fit":
         torch.save({"weights": torch.zeros(3)}, path)
         extra = ["calibrate=false", "verdicts=false"]
-    elif case in ("unsure_on", "stats_on", "flat_gate", "shift_strength", "max_acceptance"):
+    elif case in ("unsure_on", "stats_on", "flat_gate", "shift_strength", "max_acceptance", "calibrate_on"):
         torch.save({"weights": torch.zeros(3)}, path)
         extra = [{"unsure_on": "verdict_unsure_on=writers", "stats_on": "verdict_stats_on=augmented",
                   "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2",
-                  "max_acceptance": "verdict_max_acceptance=0.97"}[case]]
+                  "max_acceptance": "verdict_max_acceptance=0.97", "calibrate_on": "calibrate_on=foggy"}[case]]
     before = path.read_bytes() if path.exists() else None
     cfg = compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={path}", "data.download=false", *extra],
                          tmp_path / "cal", "calibrate")
@@ -349,7 +403,7 @@ def test_the_calibrate_command_refuses_bad_input_and_writes_nothing(case: str, d
     assert {"missing": "does not exist", "foreign": str(path), "nothing_to_fit": "nothing to fit",
             "unsure_on": "verdict_unsure_on='writers'", "stats_on": "verdict_stats_on='augmented'",
             "flat_gate": "verdict_flat_gate=0.7", "shift_strength": "verdict_shift_strength=2",
-            "max_acceptance": "verdict_max_acceptance=0.97"}[case] in message
+            "max_acceptance": "verdict_max_acceptance=0.97", "calibrate_on": "calibrate_on='foggy'"}[case] in message
     assert (path.read_bytes() if path.exists() else None) == before
 
 

@@ -166,6 +166,7 @@ def test_a_bad_ood_score_is_refused_before_training(make_cfg) -> None:
                       ("verdict_stats_on=noise", "verdict_stats_on='noise'"),
                       ("verdict_flat_gate=0.9", "verdict_flat_gate=0.9"),
                       ("verdict_shift_strength=0", "verdict_shift_strength=0"),
-                      ("verdict_max_acceptance=1", "verdict_max_acceptance=1")):
+                      ("verdict_max_acceptance=1", "verdict_max_acceptance=1"),
+                      ("calibrate_on=foggy", "calibrate_on='foggy'")):
         with pytest.raises(UserError, match=said):
             validate(make_cfg(key))

@@ -15,6 +15,7 @@ from vit_mnist.ood.detector import check_verdict_options
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer
 from vit_mnist.training.after_fit import fit_after_training
+from vit_mnist.training.calibration import check_calibrate_on
 from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint
 from vit_mnist.training.distributed import check_accelerator
 
@@ -29,7 +30,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                         "vit_mnist.train`).")
     if not (cfg.get("calibrate", True) or cfg.get("verdicts", True)):
         raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
-    rule = check_verdict_options(cfg)
+    rule, calibrate_on = check_verdict_options(cfg), check_calibrate_on(cfg.get("calibrate_on"))
     check_accelerator(cfg.trainer)
     path = str(Path(str(cfg.ckpt_path)).expanduser())
     ckpt = read_checkpoint(path)
@@ -42,7 +43,7 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"ckpt_path": path}
     metrics.update(fit_after_training(trainer, module, datamodule, path, calibrate=bool(cfg.get("calibrate", True)),
                                       verdicts=bool(cfg.get("verdicts", True)), rule=rule,
-                                      cache_dir=OmegaConf.select(cfg, "paths.cache_dir")))
+                                      cache_dir=OmegaConf.select(cfg, "paths.cache_dir"), calibrate_on=calibrate_on))
     metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     said = []

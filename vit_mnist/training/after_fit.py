@@ -26,7 +26,14 @@ from vit_mnist.ood.detector import (
     split_fit_data,
 )
 from vit_mnist.ood.scores import SCORES
-from vit_mnist.training.calibration import METHOD, fit_temperature, network_outputs, nll
+from vit_mnist.training.calibration import (
+    CALIBRATE_ON,
+    METHOD,
+    fit_temperature,
+    network_outputs,
+    nll,
+    noisy_copies,
+)
 from vit_mnist.training.checkpoints import (
     module_from_checkpoint,
     read_checkpoint,
@@ -65,14 +72,16 @@ def threshold_check_images(datamodule: Any, limit: int | None = None, cache_dir:
 
 def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str = "", *,
                        calibrate: bool = True, verdicts: bool = True, rule: VerdictRule | None = None,
-                       limit: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
-    """After `trainer.fit`: on global rank zero, the temperature (`calibrate`) and then the detector at that
+                       limit: int | None = None, cache_dir: str | None = None, calibrate_on: str = "clean"
+                       ) -> dict[str, Any]:
+    """After `trainer.fit`: on global rank zero, the temperature (`calibrate`, fitted on what `calibrate_on` names:
+    a CALIBRATE_ON key, checked by `check_calibrate_on`) and then the detector at that
     temperature (`verdicts`, fitted by `rule`, the config's verdict keys as `check_verdict_options` made them;
     None: the defaults), from the weights of `ckpt_path` (else the in-memory `module`), stored in that file in one
     write; on every rank, both given to `module`. The detector's non-digit check images are cached in `cache_dir`
     (`threshold_check_images`). Returns the `calibration/*` and `verdict/*` metrics."""
-    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate, verdicts, rule or VerdictRule(),
-                  limit, cache_dir) if trainer.is_global_zero else None
+    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate and calibrate_on, verdicts,
+                  rule or VerdictRule(), limit, cache_dir) if trainer.is_global_zero else None
     calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
     metrics: dict[str, Any] = {}
     if calibrate:
@@ -90,13 +99,15 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
     return metrics
 
 
-def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: bool, verdicts: bool,
-         rule: VerdictRule, limit: int | None, cache_dir: str | None
+def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: str | bool,
+         verdicts: bool, rule: VerdictRule, limit: int | None, cache_dir: str | None
          ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(calibration, detector state), each None when not asked for or nothing to fit on; written into `ckpt_path`.
+    `calibrate`: what the temperature is fitted on (a CALIBRATE_ON key), False for none.
 
     One pass of the network over the validation images serves both: the temperature is fitted on those the fit's
-    validation loop saw, the detector's thresholds on the first of them (its `split_fit_data`)."""
+    validation loop saw (with `noisy`, also on noisy copies of half of them), the detector's thresholds on the first of them
+    (its `split_fit_data`)."""
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     scorer = module_from_checkpoint(ckpt, ckpt_path, warn_uncalibrated=False) if ckpt is not None else module
     score = rule.score
@@ -126,13 +137,19 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         log.warning("No validation images: the model is not calibrated (temperature 1).")
     elif calibrate:
         logits, labels = held[0][:calibration_n or None], val.labels[:calibration_n or None].long().cpu()
-        temperature = fit_temperature(logits, labels)
+        fit_logits, fit_labels = logits, labels
+        if calibrate == "noisy":  # half of the digits again, noisy, counted twice: each half of the fit
+            half = (len(labels) + 1) // 2
+            noisy = outputs(noisy_copies(val.images[:half]))[0]
+            fit_logits = torch.cat([logits, noisy, noisy])
+            fit_labels = torch.cat([labels, labels[:half], labels[:half]])
+        temperature = fit_temperature(fit_logits, fit_labels)
         calibration = {"temperature": temperature, "method": METHOD, "split": "val", "num_images": len(labels),
-                       "tta": bool(module.hparams.get("tta", False)), "val_nll": nll(logits, labels, temperature),
-                       "val_nll_raw": nll(logits, labels)}
+                       "fitted_on": CALIBRATE_ON[calibrate], "tta": bool(module.hparams.get("tta", False)),
+                       "val_nll": nll(logits, labels, temperature), "val_nll_raw": nll(logits, labels)}
         scorer.set_calibration(calibration)
-        log.info("Calibrated on %d validation images: temperature %.4f, NLL %.4f -> %.4f", len(labels), temperature,
-                 calibration["val_nll_raw"], calibration["val_nll"])
+        log.info("Calibrated on %d %s: temperature %.4f, validation NLL %.4f -> %.4f", len(labels),
+                 CALIBRATE_ON[calibrate], temperature, calibration["val_nll_raw"], calibration["val_nll"])
 
     state = None
     if plan is not None:

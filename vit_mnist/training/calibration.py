@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from vit_mnist.errors import UserError
 from vit_mnist.models.outputs import run_network
 from vit_mnist.training.module import ViTClassifier
 
@@ -19,6 +20,13 @@ log = logging.getLogger(__name__)
 # A safety net: with an optimum at all (see `has_optimum`), the fitted temperature lies far inside these bounds.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 METHOD = "temperature scaling (Guo et al., 2017): softmax(logits / temperature), temperature fitted by NLL"
+# What the temperature is fitted on: the validation digits as they are, or those and half of them again under sensor
+# noise of every strength from none to unreadable, each half of the fit (Tomani et al., CVPR 2021, "Post-hoc
+# Uncertainty Calibration for Domain Drift Scenarios"): a network that answers corrupted digits too flatly gets
+# one temperature that serves both (docs/calibration.md#calibrated-for-corrupted-digits-too)
+CALIBRATE_ON = {"clean": "validation digits",
+                "noisy": "validation digits, and half of them again under Gaussian noise of std 0 to 1 (counted twice)"}
+NOISE_STD = 1.0  # the strongest noise (pixels in [0, 1]): at 1 a digit is mostly unreadable
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -80,6 +88,29 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         log.warning("The fitted temperature %.4g lies outside [%g, %g] and was clipped.", fitted, MIN_TEMPERATURE,
                     MAX_TEMPERATURE)
     return temperature if nll(z, y, temperature) <= nll(z, y) else 1.0
+
+
+def check_calibrate_on(value: Any) -> str:
+    """`value` (None: clean) if it is one of CALIBRATE_ON; a one-paragraph `UserError` otherwise."""
+    value = "clean" if value is None else value
+    if value not in CALIBRATE_ON:
+        raise UserError(f"calibrate_on={value!r} is not one of {list(CALIBRATE_ON)}: `clean` fits the temperature on "
+                        "the validation digits as they are, `noisy` on those and half of them again under Gaussian "
+                        "noise of every strength (one temperature for clean and corrupted digits; "
+                        "docs/calibration.md).")
+    return value
+
+
+def noisy_copies(images: torch.Tensor, seed: int = 1, max_std: float = NOISE_STD) -> torch.Tensor:
+    """uint8 images (N, 1, H, W) under Gaussian noise (pixels in [0, 1]), each at its own std: the N stds evenly
+    spaced over [0, max_std] in an order drawn from `seed` (every strength equally represented, the same copies
+    on every run)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = images.float().div(255.0)
+    std = (torch.arange(len(x)) + 0.5) / len(x) * max_std
+    std = std[torch.randperm(len(x), generator=generator)]
+    x = x + torch.randn(x.shape, generator=generator) * std.view(-1, *([1] * (x.ndim - 1)))
+    return x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
 
 
 def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, features: bool = False

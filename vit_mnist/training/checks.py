@@ -16,6 +16,7 @@ from vit_mnist.errors import UserError
 from vit_mnist.models.registry import network_config
 from vit_mnist.ood.detector import VerdictRule, check_verdict_options
 from vit_mnist.runtime.hardware import warn_if_slow_bf16
+from vit_mnist.training.calibration import check_calibrate_on
 from vit_mnist.training.distributed import check_accelerator
 from vit_mnist.training.ema import check_ema_options
 from vit_mnist.training.outlier_exposure import outlier_exposure_from
@@ -57,6 +58,7 @@ def validate(cfg: DictConfig) -> VerdictRule:
     check_training_options(cfg)
     check_loggers(cfg.get("logger"))
     rule = check_verdict_options(cfg)  # the verdicts' detector, fitted after training
+    check_calibrate_on(cfg.get("calibrate_on"))  # and the temperature before it
     check_distill(cfg.get("distill"), OmegaConf.to_container(m, resolve=True), spec.name)
     outlier_exposure_from(cfg.get("outlier_exposure"), spec.name)  # its own checks; the pool is made later
     ema = (cfg.get("callbacks") or {}).get("ema")

@@ -149,6 +149,7 @@ def _fit_and_test(cfg: DictConfig, rule: VerdictRule) -> dict[str, Any]:
         if calibrate or verdicts:  # into the best checkpoint, before it is tested
             metrics.update(timed(metrics, "calibration_and_detector", fit_after_training, trainer, module, datamodule, best,
                                  calibrate=calibrate, verdicts=verdicts, rule=rule,
+                                 calibrate_on=cfg.get("calibrate_on") or "clean",
                                  limit=cfg.get("robustness_images"),
                                  cache_dir=OmegaConf.select(cfg, "paths.cache_dir")))
         if cfg.get("test"):

@@ -30,7 +30,7 @@ from vit_mnist.models.outputs import run_network
 from vit_mnist.ood.detector import THRESHOLD_IMAGES
 from vit_mnist.reports.samples import CALIBRATION_BINS
 from vit_mnist.robustness_suite.suite import build_suite
-from vit_mnist.training.calibration import fit_temperature, noisy_copies
+from vit_mnist.training.calibration import fit_temperature, fit_temperature_on
 from vit_mnist.training.checkpoints import load_module, read_checkpoint, trained_dataset
 
 BY_HAND = (0.3, 0.5, 0.6, 1.0, 1.2)  # how far a temperature alone can go, either way
@@ -64,18 +64,13 @@ def main(ckpt_path: str, data_dir: str) -> None:
                                                   n_bins=CALIBRATION_BINS))
 
     both = torch.cat([val_labels, val_labels])
-    half = (len(val_labels) + 1) // 2
-
-    def with_noise(max_std: float) -> float:  # as the after-fit step fits calibrate_on=noisy, at another strength
-        noisy = logits(noisy_copies(val[:half], max_std=max_std))
-        return fit_temperature(torch.cat([clean_val, noisy, noisy]),
-                               torch.cat([val_labels, val_labels[:half], val_labels[:half]]))
-
     temperatures = {"the run's (as its checkpoint stores it)": float(module.temperature),
                     "clean + fully shifted validation digits": fit_temperature(torch.cat([clean_val, full]), both),
                     "clean + quarter-shifted validation digits": fit_temperature(torch.cat([clean_val, quarter]), both),
                     "fully shifted validation digits alone": fit_temperature(full, val_labels),
-                    **{f"clean + half again under noise of std 0-{m:g}": with_noise(m) for m in NOISE_STDS},
+                    # as the after-fit step fits calibrate_on=noisy, at other strengths too
+                    **{f"clean + half again under noise of std 0-{m:g}":
+                       fit_temperature_on("noisy", clean_val, val_labels, val, logits, max_std=m) for m in NOISE_STDS},
                     **{f"by hand {t:g}": t for t in BY_HAND}}
     print("| temperature fitted on | T | ECE clean | ECE corrupted (mean) | ECE other writers |\n"
           "|---|---:|---:|---:|---:|")

@@ -29,10 +29,9 @@ from vit_mnist.ood.scores import SCORES
 from vit_mnist.training.calibration import (
     CALIBRATE_ON,
     METHOD,
-    fit_temperature,
+    fit_temperature_on,
     network_outputs,
     nll,
-    noisy_copies,
 )
 from vit_mnist.training.checkpoints import (
     module_from_checkpoint,
@@ -80,7 +79,7 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
     None: the defaults), from the weights of `ckpt_path` (else the in-memory `module`), stored in that file in one
     write; on every rank, both given to `module`. The detector's non-digit check images are cached in `cache_dir`
     (`threshold_check_images`). Returns the `calibration/*` and `verdict/*` metrics."""
-    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate and calibrate_on, verdicts,
+    fitted = _fit(trainer, module, datamodule, ckpt_path, calibrate_on if calibrate else None, verdicts,
                   rule or VerdictRule(), limit, cache_dir) if trainer.is_global_zero else None
     calibration, detector = trainer.strategy.broadcast(fitted or (None, None), src=0)  # also the barrier: written
     metrics: dict[str, Any] = {}
@@ -99,11 +98,11 @@ def fit_after_training(trainer: L.Trainer, module: ViTClassifier, datamodule: An
     return metrics
 
 
-def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: str | bool,
+def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: str, calibrate: str | None,
          verdicts: bool, rule: VerdictRule, limit: int | None, cache_dir: str | None
          ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(calibration, detector state), each None when not asked for or nothing to fit on; written into `ckpt_path`.
-    `calibrate`: what the temperature is fitted on (a CALIBRATE_ON key), False for none.
+    `calibrate`: what the temperature is fitted on (a CALIBRATE_ON key), None for no temperature.
 
     One pass of the network over the validation images serves both: the temperature is fitted on those the fit's
     validation loop saw (with `noisy`, also on noisy copies of half of them), the detector's thresholds on the first of them
@@ -137,13 +136,7 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
         log.warning("No validation images: the model is not calibrated (temperature 1).")
     elif calibrate:
         logits, labels = held[0][:calibration_n or None], val.labels[:calibration_n or None].long().cpu()
-        fit_logits, fit_labels = logits, labels
-        if calibrate == "noisy":  # half of the digits again, noisy, counted twice: each half of the fit
-            half = (len(labels) + 1) // 2
-            noisy = outputs(noisy_copies(val.images[:half]))[0]
-            fit_logits = torch.cat([logits, noisy, noisy])
-            fit_labels = torch.cat([labels, labels[:half], labels[:half]])
-        temperature = fit_temperature(fit_logits, fit_labels)
+        temperature = fit_temperature_on(calibrate, logits, labels, val.images, lambda x: outputs(x)[0])
         calibration = {"temperature": temperature, "method": METHOD, "split": "val", "num_images": len(labels),
                        "fitted_on": CALIBRATE_ON[calibrate], "tta": bool(module.hparams.get("tta", False)),
                        "val_nll": nll(logits, labels, temperature), "val_nll_raw": nll(logits, labels)}

@@ -24,9 +24,10 @@ METHOD = "temperature scaling (Guo et al., 2017): softmax(logits / temperature),
 # noise of every strength from none to unreadable, each half of the fit (Tomani et al., CVPR 2021, "Post-hoc
 # Uncertainty Calibration for Domain Drift Scenarios"): a network that answers corrupted digits too flatly gets
 # one temperature that serves both (docs/calibration.md#calibrated-for-corrupted-digits-too)
-CALIBRATE_ON = {"clean": "validation digits",
-                "noisy": "validation digits, and half of them again under Gaussian noise of std 0 to 1 (counted twice)"}
 NOISE_STD = 1.0  # the strongest noise (pixels in [0, 1]): at 1 a digit is mostly unreadable
+CALIBRATE_ON = {"clean": "validation digits",
+                "noisy": f"validation digits, and half of them again under Gaussian noise of std 0 to {NOISE_STD:g} "
+                         "(counted twice)"}
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -111,6 +112,18 @@ def noisy_copies(images: torch.Tensor, seed: int = 1, max_std: float = NOISE_STD
     std = std[torch.randperm(len(x), generator=generator)]
     x = x + torch.randn(x.shape, generator=generator) * std.view(-1, *([1] * (x.ndim - 1)))
     return x.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+
+
+def fit_temperature_on(calibrate_on: str, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
+                       outputs: Callable[[torch.Tensor], torch.Tensor], max_std: float = NOISE_STD) -> float:
+    """The temperature fitted on what `calibrate_on` (a CALIBRATE_ON key) names: the `logits` of the uint8 `images`
+    with their `labels`, and with `noisy` also the logits `outputs` gives noisy copies of the first half of them
+    (`noisy_copies` up to `max_std`), counted twice so that each half weighs the same."""
+    if calibrate_on == "clean":
+        return fit_temperature(logits, labels)
+    half = (len(labels) + 1) // 2
+    noisy = outputs(noisy_copies(images[:half], max_std=max_std)).to(logits.dtype)
+    return fit_temperature(torch.cat([logits, noisy, noisy]), torch.cat([labels, labels[:half], labels[:half]]))
 
 
 def network_outputs(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, features: bool = False

@@ -29,6 +29,7 @@ from vit_mnist.inference.web import create_app
 from vit_mnist.models.outputs import run_network
 from vit_mnist.models.tta import tta_logits
 from vit_mnist.ood.detector import STATS_ON, UNSURE_ON
+from vit_mnist.training.after_fit import RULE_KEY
 from vit_mnist.training.calibration import (
     CALIBRATE_ON,
     fit_temperature,
@@ -120,6 +121,8 @@ def test_training_fits_the_temperature_on_validation_and_tests_with_it(calibrate
     assert abs(temperature - 1.0) > 1e-3 and metrics["calibration/val_nll"] < metrics["calibration/val_nll_raw"]
     stored = read_checkpoint(metrics["best_checkpoint"])["calibration"]
     assert stored["temperature"] == temperature and stored["tta"] is True
+    recorded = read_checkpoint(metrics["best_checkpoint"])[RULE_KEY]  # what `vit_mnist.calibrate` repeats
+    assert recorded["calibrate_on"] == "clean" and recorded["verdict_unsure_on"] == "clean"
 
     # Independently: the validation split's logits with the test-time shifts give the same temperature ...
     module = load_module(metrics["best_checkpoint"])
@@ -326,6 +329,25 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     assert shifted["info"]["digit_acceptance"] == 0.99  # capped at the floor: no looser acceptance tried
     assert after["ood_detector"]["info"]["digit_acceptance"] > 0.99  # where the default rule took a looser one
     assert shifted["info"]["statistics_images"] == 2 * after["ood_detector"]["info"]["statistics_images"]
+
+    # each fit records its keys; a refit with none on its command line repeats them, one given replaces its own
+    recorded = torch.load(ckpt, weights_only=True)[RULE_KEY]
+    assert recorded == {"calibrate_on": "clean", "ood_score": "mahalanobis", "verdict_unsure_on": "writer_shift",
+                        "verdict_stats_on": "writer_shift", "verdict_flat_gate": 0.12, "verdict_shift_strength": 0.5,
+                        "verdict_max_acceptance": 0.99}
+    calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
+                                         "data.eval_batch_size=100"], tmp_path / "cal3", "calibrate"))
+    again = torch.load(ckpt, weights_only=True)
+    assert again[RULE_KEY] == recorded and again["ood_detector"]["info"] == shifted["info"]
+    for key in ("ood_threshold", "unsure_threshold", "flat_threshold"):
+        assert again["ood_detector"][key] == shifted[key]
+    calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
+                                         "data.eval_batch_size=100", "verdict_unsure_on=clean"],
+                                        tmp_path / "cal4", "calibrate"))
+    clean_unsure = torch.load(ckpt, weights_only=True)
+    assert clean_unsure[RULE_KEY] == {**recorded, "verdict_unsure_on": "clean"}
+    assert clean_unsure["ood_detector"]["info"]["unsure_fixed_on"] == UNSURE_ON["clean"]
+    assert clean_unsure["ood_detector"]["flat_threshold"] == 0.12  # the recorded gate kept
 
 
 def test_noisy_copies_run_from_clean_to_unreadable_and_are_the_same_every_time() -> None:

@@ -3,6 +3,7 @@ recorded, as a training run does right after fitting (vit_mnist.training.after_f
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_dat
 from vit_mnist.ood.detector import check_verdict_options
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer
-from vit_mnist.training.after_fit import fit_after_training
+from vit_mnist.training.after_fit import RULE_KEY, fit_after_training, keys_or_recorded
 from vit_mnist.training.calibration import check_calibrate_on
 from vit_mnist.training.checkpoints import module_from_checkpoint, read_checkpoint
 from vit_mnist.training.distributed import check_accelerator
+
+log = logging.getLogger(__name__)
 
 
 def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
@@ -30,10 +33,16 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                         "vit_mnist.train`).")
     if not (cfg.get("calibrate", True) or cfg.get("verdicts", True)):
         raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
-    rule, calibrate_on = check_verdict_options(cfg), check_calibrate_on(cfg.get("calibrate_on"))
+    check_verdict_options(cfg), check_calibrate_on(cfg.get("calibrate_on"))  # the command line's, before any file
     check_accelerator(cfg.trainer)
     path = str(Path(str(cfg.ckpt_path)).expanduser())
     ckpt = read_checkpoint(path)
+    # the rule: the command line's keys, and for each it leaves out the one the checkpoint was fitted with
+    keys, recorded = keys_or_recorded(cfg, ckpt.get(RULE_KEY))
+    rule, calibrate_on = check_verdict_options(keys), check_calibrate_on(keys["calibrate_on"])
+    if recorded:
+        log.info("As the checkpoint was fitted: %s (a key on the command line replaces one)",
+                 " ".join(f"{key}={keys[key]}" for key in recorded))
     datamodule = checkpoint_datamodule(ckpt, checked_dataset([(path, ckpt)], cfg.data), cfg.data)
     datamodule.prepare_data()  # missing data files fail here, before anything is written
     datamodule.setup("fit")

@@ -44,6 +44,36 @@ log = logging.getLogger(__name__)
 
 CHECK_IMAGES = 100  # of each non-digit set, that the detector's acceptance is checked on (loosest_acceptance)
 
+# The after-fit keys a checkpoint was fitted with (the train and calibrate configs' names), stored beside what they
+# made, so that a refit (vit_mnist.calibrate) repeats them where its command line leaves a key out.
+RULE_KEY = "after_fit_rule"
+CALIBRATION_KEYS = ("calibrate_on",)
+VERDICT_KEYS = ("ood_score", "verdict_unsure_on", "verdict_stats_on", "verdict_flat_gate", "verdict_shift_strength",
+                "verdict_max_acceptance")
+
+
+def rule_keys(calibrate_on: str | None, rule: VerdictRule | None) -> dict[str, Any]:
+    """The config keys of a fit: `calibrate_on` when the temperature was fitted, the verdict keys when a detector
+    was."""
+    keys: dict[str, Any] = {} if calibrate_on is None else {"calibrate_on": calibrate_on}
+    if rule is not None:
+        keys.update(zip(VERDICT_KEYS, (rule.score, rule.unsure_on, rule.stats_on, rule.flat_gate,
+                                       rule.shift_strength, rule.max_acceptance)))
+    return keys
+
+
+def keys_or_recorded(cfg: Any, recorded: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """The after-fit keys of `cfg`, each one it leaves null taken from a checkpoint's `recorded` keys (RULE_KEY; a key
+    neither gives stays null: its default), and the names of those taken."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    keys, taken = {}, []
+    for key in CALIBRATION_KEYS + VERDICT_KEYS:
+        keys[key] = cfg.get(key)
+        if keys[key] is None and recorded.get(key) is not None:
+            keys[key] = recorded[key]
+            taken.append(key)
+    return keys, taken
+
 
 def images_validation_sees(trainer: L.Trainer, datamodule: Any) -> int | None:
     """How many validation images the fit's validation loop saw (limit_val_batches, fast_dev_run); None: all."""
@@ -173,5 +203,7 @@ def _fit(trainer: L.Trainer, module: ViTClassifier, datamodule: Any, ckpt_path: 
             ckpt["calibration"] = calibration
         if state is not None:
             ckpt[CHECKPOINT_KEY] = state
+        made = rule_keys(calibrate if calibration is not None else None, rule if state is not None else None)
+        ckpt[RULE_KEY] = {**(ckpt.get(RULE_KEY) or {}), **made}  # a refit of one of the two keeps the other's
         write_checkpoint(ckpt, ckpt_path)
     return calibration, state

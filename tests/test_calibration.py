@@ -284,8 +284,8 @@ def test_a_damaged_temperature_is_a_user_error(calibrated_tta: Path, tmp_path: P
         load_module(bad)
 
 
-def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdicts(data_dir: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdicts(
+        data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from vit_mnist.evaluation.calibrate import calibrate_checkpoint
 
     cfg = compose_config([*TINY, f"paths.data_dir={data_dir}", "trainer.max_epochs=2", "logger=csv", "test=false",
@@ -348,6 +348,14 @@ def test_the_calibrate_command_gives_an_old_checkpoint_its_temperature_and_verdi
     assert clean_unsure[RULE_KEY] == {**recorded, "verdict_unsure_on": "clean"}
     assert clean_unsure["ood_detector"]["info"]["unsure_fixed_on"] == UNSURE_ON["clean"]
     assert clean_unsure["ood_detector"]["flat_threshold"] == 0.12  # the recorded gate kept
+    assert not [r for r in caplog.records if "before checkpoints recorded" in r.getMessage()]
+    # a checkpoint fitted before the keys were recorded: the defaults, and the refit says so
+    del clean_unsure[RULE_KEY]
+    write_checkpoint(clean_unsure, ckpt)
+    calibrate_checkpoint(compose_config([f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", "data.download=false",
+                                         "data.eval_batch_size=100"], tmp_path / "cal5", "calibrate"))
+    assert torch.load(ckpt, weights_only=True)[RULE_KEY]["verdict_flat_gate"] == 0.0
+    assert [r.levelname for r in caplog.records if "before checkpoints recorded" in r.getMessage()] == ["WARNING"]
 
 
 def test_noisy_copies_run_from_clean_to_unreadable_and_are_the_same_every_time() -> None:

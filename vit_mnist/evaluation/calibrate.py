@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vit_mnist.errors import UserError
 from vit_mnist.evaluation.checkpoint_data import checked_dataset, checkpoint_datamodule
-from vit_mnist.ood.detector import check_verdict_options
+from vit_mnist.ood.detector import CHECKPOINT_KEY, check_verdict_options
 from vit_mnist.reports.files import write_json
 from vit_mnist.runtime.build import build_trainer
 from vit_mnist.training.after_fit import RULE_KEY, fit_after_training, keys_or_recorded
@@ -43,6 +43,11 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     if recorded:
         log.info("As the checkpoint was fitted: %s (a key on the command line replaces one)",
                  " ".join(f"{key}={keys[key]}" for key in recorded))
+    elif RULE_KEY not in ckpt and (ckpt.get("calibration") or ckpt.get(CHECKPOINT_KEY)):
+        log.warning("%s was fitted before checkpoints recorded their after-fit keys: those not on the command line "
+                    "take conf/verdict/default.yaml's defaults, which may not be the recipe's (a `fast` checkpoint: "
+                    "calibrate_on=noisy verdict_unsure_on=writer_shift verdict_shift_strength=0.25; "
+                    "docs/deployment.md).", path)
     datamodule = checkpoint_datamodule(ckpt, checked_dataset([(path, ckpt)], cfg.data), cfg.data)
     datamodule.prepare_data()  # missing data files fail here, before anything is written
     datamodule.setup("fit")

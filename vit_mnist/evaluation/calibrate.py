@@ -33,7 +33,8 @@ def calibrate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
                         "vit_mnist.train`).")
     if not (cfg.get("calibrate", True) or cfg.get("verdicts", True)):
         raise UserError("calibrate=false and verdicts=false leave nothing to fit: drop one of them.")
-    check_verdict_options(cfg), check_calibrate_on(cfg.get("calibrate_on"))  # the command line's, before any file
+    check_verdict_options(cfg)  # the command line's keys, refused before any file is read
+    check_calibrate_on(cfg.get("calibrate_on"))
     check_accelerator(cfg.trainer)
     path = str(Path(str(cfg.ckpt_path)).expanduser())
     ckpt = read_checkpoint(path)

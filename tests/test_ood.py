@@ -223,6 +223,8 @@ def test_the_verdict_keys_make_one_rule_and_refuse_bad_names() -> None:
     rule = check_verdict_options({"verdict_stats_on": "writer_shift", "verdict_flat_gate": 0.12})
     assert rule == VerdictRule(score="mahalanobis", unsure_on="clean", stats_on="writer_shift", flat_gate=0.12)
     assert check_verdict_options({}) == VerdictRule()
+    assert rule.config_keys()["verdict_flat_gate"] == 0.12 and rule.config_keys()["ood_score"] == "mahalanobis"
+    assert check_verdict_options(rule.config_keys()) == rule  # what a checkpoint records reads back as the same rule
     assert set(STATS_ON) == set(UNSURE_ON)
     with pytest.raises(UserError, match=r"verdict_stats_on='augmented' is not one of \['clean', 'writer_shift'\]"):
         check_stats_on("augmented")

@@ -122,6 +122,11 @@ STATS_ON = {"clean": "training images (no augmentation)",
             "writer_shift": "training images, with the same drawn as other writers' (writer shift)"}
 
 
+# VerdictRule's fields in order, as the train and calibrate configs name them
+VERDICT_KEYS = ("ood_score", "verdict_unsure_on", "verdict_stats_on", "verdict_flat_gate", "verdict_shift_strength",
+                "verdict_max_acceptance")
+
+
 class VerdictRule(NamedTuple):
     """How a run's detector is fitted (the train and calibrate configs' verdict keys, checked): the score, what the
     unsure threshold and the statistics are fixed on, the flat-softmax gate, the writer shift's strength and the
@@ -133,6 +138,10 @@ class VerdictRule(NamedTuple):
     flat_gate: float = 0.0
     shift_strength: float = 1.0
     max_acceptance: float = ACCEPTANCE_LEVELS[-1]
+
+    def config_keys(self) -> dict[str, Any]:
+        """The rule as the train and calibrate configs name its keys (VERDICT_KEYS)."""
+        return dict(zip(VERDICT_KEYS, self))
 
     def shifted(self, what: str) -> str:
         """How UNSURE_ON/STATS_ON's writer shift reads with this rule's strength (recorded in the detector)."""
@@ -212,11 +221,9 @@ def check_verdict_options(cfg: Mapping[str, Any]) -> VerdictRule:
     `verdict_flat_gate`, `verdict_shift_strength`, `verdict_max_acceptance`), checked before any work: the rule they
     make, or a one-paragraph `UserError` for the first bad one. A score the network cannot compute is swapped later,
     where the network is known."""
-    return VerdictRule(check_score(cfg.get("ood_score")) or DEFAULT_SCORE,
-                       check_unsure_on(cfg.get("verdict_unsure_on")), check_stats_on(cfg.get("verdict_stats_on")),
-                       check_flat_gate(cfg.get("verdict_flat_gate")),
-                       check_shift_strength(cfg.get("verdict_shift_strength")),
-                       check_max_acceptance(cfg.get("verdict_max_acceptance")))
+    checks = (lambda v: check_score(v) or DEFAULT_SCORE, check_unsure_on, check_stats_on, check_flat_gate,
+              check_shift_strength, check_max_acceptance)  # one for each of VERDICT_KEYS
+    return VerdictRule(*(check(cfg.get(key)) for check, key in zip(checks, VERDICT_KEYS)))
 
 
 class ConfidenceDigits(NamedTuple):

@@ -19,6 +19,7 @@ from vit_mnist.models.outputs import has_features
 from vit_mnist.ood.detector import (
     CHECKPOINT_KEY,
     UNSURE_ON,
+    VERDICT_KEYS,
     ConfidenceDigits,
     VerdictRule,
     fit_data_from,
@@ -47,19 +48,13 @@ CHECK_IMAGES = 100  # of each non-digit set, that the detector's acceptance is c
 # The after-fit keys a checkpoint was fitted with (the train and calibrate configs' names), stored beside what they
 # made, so that a refit (vit_mnist.calibrate) repeats them where its command line leaves a key out.
 RULE_KEY = "after_fit_rule"
-CALIBRATION_KEYS = ("calibrate_on",)
-VERDICT_KEYS = ("ood_score", "verdict_unsure_on", "verdict_stats_on", "verdict_flat_gate", "verdict_shift_strength",
-                "verdict_max_acceptance")
 
 
 def rule_keys(calibrate_on: str | None, rule: VerdictRule | None) -> dict[str, Any]:
     """The config keys of a fit: `calibrate_on` when the temperature was fitted, the verdict keys when a detector
     was."""
-    keys: dict[str, Any] = {} if calibrate_on is None else {"calibrate_on": calibrate_on}
-    if rule is not None:
-        keys.update(zip(VERDICT_KEYS, (rule.score, rule.unsure_on, rule.stats_on, rule.flat_gate,
-                                       rule.shift_strength, rule.max_acceptance)))
-    return keys
+    return {**({} if calibrate_on is None else {"calibrate_on": calibrate_on}),
+            **({} if rule is None else rule.config_keys())}
 
 
 def keys_or_recorded(cfg: Any, recorded: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
@@ -67,7 +62,7 @@ def keys_or_recorded(cfg: Any, recorded: dict[str, Any] | None) -> tuple[dict[st
     neither gives stays null: its default), and the names of those taken."""
     recorded = recorded if isinstance(recorded, dict) else {}
     keys, taken = {}, []
-    for key in CALIBRATION_KEYS + VERDICT_KEYS:
+    for key in ("calibrate_on", *VERDICT_KEYS):
         keys[key] = cfg.get(key)
         if keys[key] is None and recorded.get(key) is not None:
             keys[key] = recorded[key]

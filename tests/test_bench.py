@@ -61,6 +61,27 @@ def test_bench_prints_the_per_op_profile_when_asked(tmp_path: Path, capsys) -> N
     assert "_backward" in out  # backward kernels are listed apart from the forward ones
 
 
+def test_bench_times_our_network_in_the_layout_cpu_training_gives_it(tmp_path: Path, monkeypatch) -> None:
+    """On a CPU the fit runs the convolutions on channels-last weights (ViTClassifier.setup); the bench's train step,
+    profile and inference must time that network, not a contiguous one, whose pooling and convolutions are slower."""
+    import vit_mnist.benchmark.throughput as throughput
+
+    seen: dict[str, list[bool]] = {"train": [], "inference": []}
+
+    def recorded(name: str, timer):
+        def timed(net, *args, **kwargs):
+            conv = net.patch_embed.stem[3]  # a 3x3 convolution of 8 channels: the two layouts differ
+            seen[name].append(conv.weight.is_contiguous(memory_format=torch.channels_last))
+            return timer(net, *args, **kwargs)
+        return timed
+
+    monkeypatch.setattr(throughput, "time_train_step", recorded("train", throughput.time_train_step))
+    monkeypatch.setattr(throughput, "time_inference", recorded("inference", throughput.time_inference))
+    run(compose_config(TINY_BENCH + ["peers=false", "model.patch_size=4", "model.stem=cct", "model.pool=seq"],
+                       tmp_path, config_name="bench"))
+    assert seen == {"train": [True], "inference": [True]}
+
+
 def test_matmul_share_tells_matrix_products_from_other_work() -> None:
     a, b = torch.randn(256, 256), torch.randn(256, 256)
     assert matmul_share(lambda i: a @ b, 3, torch.device("cpu")) > 0.9

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import (
 
 from vit_mnist.data.datamodule import InMemoryDataset, MNISTDataModule
 from vit_mnist.errors import UserError
+from vit_mnist.models.outputs import prefers_channels_last
 from vit_mnist.models.registry import build_network, model_arch
 from vit_mnist.models.vit import count_parameters
 from vit_mnist.reports.files import write_json
@@ -353,6 +354,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             torch.manual_seed(0)
             net = build().to(device)
             flops = train_flops_per_image(net, shape, classes, device)
+            if prefers_channels_last(device):  # the layout training and inference give the network here
+                net.to(memory_format=torch.channels_last)
             if compile_ours and (name == OURS or cfg.compile_peers):
                 compile_network(net, model_cfg["compile"])
             timing = (cfg.steps, cfg.warmup, cfg.repeats, device)

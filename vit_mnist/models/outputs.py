@@ -16,6 +16,12 @@ import torch
 from vit_mnist.models.tta import SHIFTS, shift, tta_logits
 
 
+def prefers_channels_last(device: torch.device | str) -> bool:
+    """Whether convolutions on `device` run on channels-last weights: oneDNN's CPU kernels ran 1.5-3x faster on
+    them (docs/results.md#fast). Training, inference and the benchmark lay the network out by this one rule."""
+    return torch.device(device).type == "cpu"
+
+
 def has_features(net: torch.nn.Module) -> bool:
     """Whether `net` gives its pre-logit features (both networks of vit_mnist.models do)."""
     return callable(getattr(net, "logits_and_features", None))
@@ -48,8 +54,7 @@ def run_network(net: torch.nn.Module, images: torch.Tensor, mean: float, std: fl
     device, dtype = device or first.device, first.dtype
     was_training, original = net.training, first.device
     net.eval().to(device)
-    # oneDNN's convolutions on a CPU ran 1.5-3x faster on channels-last weights (docs/results.md#fast)
-    layout = channels_last if channels_last is not None else torch.device(device).type == "cpu"
+    layout = channels_last if channels_last is not None else prefers_channels_last(device)
     was_contiguous = all(p.is_contiguous() for p in net.parameters() if p.dim() == 4)
     if layout:
         net.to(memory_format=torch.channels_last)

@@ -11,7 +11,6 @@ import hydra
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
-from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import ConfusionMatrix, MaxMetric, MeanMetric, MetricCollection
@@ -24,7 +23,7 @@ from torchmetrics.classification import (
 )
 
 from vit_mnist.errors import UserError
-from vit_mnist.models.outputs import logits_and_features
+from vit_mnist.models.outputs import logits_and_features, prefers_channels_last
 from vit_mnist.models.registry import (
     MAP_TITLES,
     build_network,
@@ -208,9 +207,9 @@ class ViTClassifier(LightningModule):
         self._teacher = [teacher.eval()]
 
     def setup(self, stage: str) -> None:
-        # CPU convolutions (oneDNN) run faster with channels-last weights: fast's whole train step 42.5 -> 35 ms,
-        # inference 1.5-3x (docs/results.md#fast); set before a DDP strategy wraps the network, undone at teardown
-        if isinstance(self.trainer.accelerator, CPUAccelerator):
+        # fast's whole train step 42.5 -> 35 ms on a CPU (docs/results.md#fast); set before a DDP strategy wraps
+        # the network, undone at teardown
+        if prefers_channels_last(self.trainer.strategy.root_device):
             self.net.to(memory_format=torch.channels_last)
 
     def teardown(self, stage: str) -> None:

@@ -126,10 +126,12 @@ def test_background_norm_is_the_grey_level_top_hat_of_a_square_window() -> None:
 
     torch.manual_seed(0)
     x = torch.rand(5, 2, 23, 19)
-    eroded = -F.max_pool2d(-x, 9, stride=1, padding=4)  # the textbook opening with max_pool2d
-    tophat = x - F.max_pool2d(eroded, 9, stride=1, padding=4)
-    expected = (tophat / tophat.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-3) - 0.1307) / 0.3081
-    assert torch.equal(BackgroundNorm()(x), expected)
+    for window in (9, 1, 3, 5, 7, 15):  # the default; then each branch of the sparse table (powers of 2 and past)
+        eroded = -F.max_pool2d(-x, window, stride=1, padding=window // 2)  # the textbook opening with max_pool2d
+        tophat = x - F.max_pool2d(eroded, window, stride=1, padding=window // 2)
+        expected = (tophat / tophat.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-3) - 0.1307) / 0.3081
+        norm = BackgroundNorm(window) if window != 9 else BackgroundNorm()
+        assert torch.equal(norm(x), expected), window
 
 
 def test_the_writer_shift_redraws_every_digit_the_same_way_for_a_seed() -> None:

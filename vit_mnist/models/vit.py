@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -157,19 +158,30 @@ class BackgroundNorm(nn.Module):
         self.window = window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eroded = -self._square_max(-x)
-        opened = self._square_max(eroded)
+        opened = self._square(self._square(x, torch.minimum, float("inf")), torch.maximum, float("-inf"))
         tophat = x - opened
         peak = tophat.amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-3)
         return (tophat / peak - 0.1307) / 0.3081
 
-    def _square_max(self, x: torch.Tensor) -> torch.Tensor:
-        """max_pool2d(x, window, stride=1, padding=window // 2), as a max over rows then over columns: the same
-        numbers, 2w comparisons instead of w^2, and unfold + amax, which is ~20x faster than torch's CPU max_pool2d
-        at these sizes (max_pool2d was about 8% of `experiment=fast`'s step)."""
-        w, pad = self.window, self.window // 2
-        x = F.pad(x, (0, 0, pad, pad), value=float("-inf")).unfold(-2, w, 1).amax(dim=-1)
-        return F.pad(x, (pad, pad, 0, 0), value=float("-inf")).unfold(-1, w, 1).amax(dim=-1)
+    def _square(self, x: torch.Tensor, extreme: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], fill: float
+                ) -> torch.Tensor:
+        """The `extreme` (torch.maximum or torch.minimum) over each pixel's window x window square, `fill` past the
+        edges: with maximum, max_pool2d(x, window, stride=1, padding=window // 2)."""
+        # rows then columns, each as a sparse table (windows of 2, 4, 8 pixels, then one more comparison): the same
+        # numbers as max_pool2d, whose one-channel CPU kernel is ~10x slower, and 2.5-3x faster than unfold + amax
+        # (docs/results.md#session-28-the-benchs-train-step-in-the-loops-layout-the-profile-before-and-after)
+        for dim in (-2, -1):
+            pad = (0, 0, self.window // 2, self.window // 2) if dim == -2 else (self.window // 2,) * 2
+            x = F.pad(x, pad, value=fill)
+            length, size = x.shape[dim], 1
+            while 2 * size <= self.window:
+                length -= size
+                x = extreme(x.narrow(dim, 0, length), x.narrow(dim, size, length))
+                size *= 2
+            if size < self.window:
+                length -= self.window - size
+                x = extreme(x.narrow(dim, 0, length), x.narrow(dim, self.window - size, length))
+        return x
 
 
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

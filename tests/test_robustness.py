@@ -207,6 +207,11 @@ def test_pen_photos_are_deterministic_mnist_layout_digits_scored_by_an_independe
     with torch.no_grad():
         predicted = module((photos.float() / 255 - spec.mean) / spec.std).argmax(dim=1)
     assert results[0].digit_sets["pen_photos"] == pytest.approx(float((predicted == labels).double().mean()), abs=1e-7)
+    # `pen_photos` photographs the first N test digits only (the robustness command's pen_photos_images)
+    results, _ = run_suite([ModelEntry("m", "m.ckpt", scorer, [])], images, labels, [], seed=4, digit_sets=["pen_photos"],
+                           pen_photos=5)
+    first = float((predicted[:5] == labels[:5]).double().mean())
+    assert results[0].digit_sets["pen_photos"] == pytest.approx(first, abs=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +305,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["only=[fgo]"], "names no corruption"),
     (["severity=7"], "is not a severity"),
     (["num_images=0"], "must be a positive whole number"),
+    (["pen_photos_images=0"], "must be a positive whole number"),
     (["names=[a,b]"], "has 2 names for 1 checkpoints"),
 ])
 def test_cli_bad_input_gives_one_paragraph_and_no_folder(args: list[str], message: str, trained: dict,

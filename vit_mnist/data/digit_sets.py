@@ -19,11 +19,12 @@ def digit_sets_for(dataset: str) -> list[str]:
     return list(DIGIT_SETS) if is_handwritten(dataset) else []
 
 
-def load_digit_set(name: str, images: torch.Tensor, labels: torch.Tensor, seed: int, limit: int | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digit_set(name: str, images: torch.Tensor, labels: torch.Tensor, seed: int, limit: int | None = None,
+                   pen_photos: int = PEN_PHOTOS_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     """One of DIGIT_SETS as uint8 (N, 1, 28, 28) images in the MNIST layout and their labels; `limit` keeps the
-    first N (a debug run's few): other writers from the UCI set, pen photos drawn from `images` (MNIST's test digits)."""
+    first N (a debug run's few): other writers from the UCI set, pen photos drawn from the first `pen_photos` of
+    `images` (MNIST's test digits)."""
     if name == "other_writers":
         return load_other_writers(limit)
-    count = PEN_PHOTOS_IMAGES if limit is None else min(limit, PEN_PHOTOS_IMAGES)
+    count = pen_photos if limit is None else min(limit, pen_photos)
     return make_pen_photos(images[:count], seed), labels[:count]

@@ -68,7 +68,7 @@ def check_config(cfg: DictConfig) -> tuple[list[CorruptionSpec], list[dict[str, 
     if num_images is not None and not _positive_int(num_images):
         raise UserError(f"num_images={num_images!r} must be a positive whole number (the first N test images), "
                         "or null for all of them.")
-    for key in ("batch_size", "examples"):
+    for key in ("batch_size", "examples", "pen_photos_images"):
         if not _positive_int(cfg.get(key)):
             raise UserError(f"{key}={cfg.get(key)!r} must be a positive whole number.")
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
@@ -109,7 +109,8 @@ def robustness(cfg: DictConfig) -> dict[str, Any]:
     sets = [name for name in digit_sets_for(dataset) if bool(cfg.get(name, True))]
     results, shown = run_benchmark(entries, images, labels, suite, int(cfg.seed), dataset, cfg.data.data_dir,
                                    digit_sets=sets, limit=num_images, examples=int(cfg.examples),
-                                   ood=bool(cfg.get("ood", True)), download=bool(cfg.data.get("download", False)))
+                                   ood=bool(cfg.get("ood", True)), download=bool(cfg.data.get("download", False)),
+                                   pen_photos=int(cfg.pen_photos_images))
     loggers = instantiate_group(cfg.get("logger"))
     write_reports(results, suite, shown, out_dir, datamodule.class_names, len(labels), int(cfg.seed), loggers)
     for logger in loggers:

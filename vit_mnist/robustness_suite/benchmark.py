@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from vit_mnist.data.non_digits import load_non_digit_sets
+from vit_mnist.data.pen_photos import PEN_PHOTOS_IMAGES
 from vit_mnist.ood.detector import FitData
 from vit_mnist.robustness_suite.ood_benchmark import detector_for
 from vit_mnist.robustness_suite.scoring import (
@@ -37,9 +38,11 @@ def model_entry(name: str, source: str, module: Any, mean: float, std: float, de
 def run_benchmark(entries: Sequence[ModelEntry], images: torch.Tensor, labels: torch.Tensor,
                   suite: Sequence[CorruptionSpec], seed: int, dataset: str, data_dir: str, *,
                   digit_sets: Sequence[str] = (), limit: int | None = None, examples: int = 6, ood: bool = True,
-                  download: bool = False) -> tuple[list[ModelResult], dict[str, torch.Tensor]]:
+                  download: bool = False, pen_photos: int = PEN_PHOTOS_IMAGES
+                  ) -> tuple[list[ModelResult], dict[str, torch.Tensor]]:
     """Every entry on the clean test images, each corruption of `suite`, the `digit_sets` and (with `ood`, for the
-    entries with a detector) the non-digit sets of `dataset`; `limit` keeps the first N images of each set.
+    entries with a detector) the non-digit sets of `dataset`; `limit` keeps the first N images of each set;
+    `pen_photos` test digits are photographed for that digit set.
     Returns the results and the example images for the reports."""
     notes = [f"{e.name}: {e.scorer.detector_source}" for e in entries if ood and e.scorer.detector is None]
     non_digits: dict[str, torch.Tensor] = {}
@@ -47,4 +50,4 @@ def run_benchmark(entries: Sequence[ModelEntry], images: torch.Tensor, labels: t
         non_digits, more = load_non_digit_sets(dataset, data_dir, limit, seed, download)
         notes += more
     return run_suite(entries, images, labels, suite, seed, examples, digit_sets, digit_set_limit=limit,
-                     non_digit_sets=non_digits, ood_notes=notes)
+                     non_digit_sets=non_digits, ood_notes=notes, pen_photos=pen_photos)

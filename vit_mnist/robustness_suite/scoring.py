@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from vit_mnist.data.corruptions import corrupt
 from vit_mnist.data.digit_sets import DIGIT_SETS, load_digit_set
+from vit_mnist.data.pen_photos import PEN_PHOTOS_IMAGES
 from vit_mnist.models.outputs import has_features, run_network
 from vit_mnist.ood.detector import OODDetector
 from vit_mnist.reports.samples import CALIBRATION_BINS
@@ -154,12 +155,14 @@ class ModelEntry:
 def run_suite(entries: Sequence[ModelEntry], images: torch.Tensor, labels: torch.Tensor,
               suite: Sequence[CorruptionSpec], seed: int = 0, examples: int = 6, digit_sets: Sequence[str] = (),
               digit_set_limit: int | None = None, non_digit_sets: Mapping[str, torch.Tensor] | None = None,
-              ood_notes: Sequence[str] = ()) -> tuple[list[ModelResult], dict[str, torch.Tensor]]:
+              ood_notes: Sequence[str] = (), pen_photos: int = PEN_PHOTOS_IMAGES
+              ) -> tuple[list[ModelResult], dict[str, torch.Tensor]]:
     """Every model on the clean images, on each corruption (each corrupted once, shared by the models) and on
     each of `digit_sets` (names in DIGIT_SETS: digits through predict's preprocessing); each model with a detector
     (`Scorer.detector`) also on the `non_digit_sets` (name -> uint8 images): its `ood` result.
 
-    `digit_set_limit` keeps the first N digits of each digit set (a debug run's few). Returns the results and the
+    `digit_set_limit` keeps the first N digits of each digit set (a debug run's few); `pen_photos` test digits are
+    photographed. Returns the results and the
     first `examples` images of each set for the examples figure.
     """
     results = []
@@ -175,7 +178,7 @@ def run_suite(entries: Sequence[ModelEntry], images: torch.Tensor, labels: torch
         results.append(ModelResult(entry.name, entry.source, clean, {}, entry.seen, entry.num_parameters, entry.arch,
                                    predictions=predictions, ece=ece))
     for set_name in digit_sets:
-        set_images, set_labels = load_digit_set(set_name, images, labels, seed, digit_set_limit)
+        set_images, set_labels = load_digit_set(set_name, images, labels, seed, digit_set_limit, pen_photos)
         for result, scorer, meter in zip(results, scorers, meters):
             acc, preds, logits, feats = scorer.scored(set_images, set_labels)
             result.digit_sets[set_name] = acc

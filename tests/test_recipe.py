@@ -141,5 +141,21 @@ def test_compile_option_compiles_the_network_and_keeps_checkpoints_plain(make_cf
 
 
 def test_unknown_compile_backend_is_a_user_error(make_cfg) -> None:
-    with pytest.raises(UserError, match="not a torch.compile backend"):
+    with pytest.raises(UserError, match="not a torch.compile backend or mode"):
         build(make_cfg("model.compile=warp_speed"))
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    (True, ("inductor", None)), ("reduce-overhead", ("inductor", "reduce-overhead")),
+    ("max-autotune", ("inductor", "max-autotune")), ("eager", ("eager", None)),
+])
+def test_compile_settings_reach_torch_compile(setting, expected, monkeypatch) -> None:
+    """model.compile=reduce-overhead (CUDA graphs on a GPU) and inductor's other modes compile with inductor in that
+    mode; a backend name compiles with that backend."""
+    from vit_mnist.training.fit import compile_network
+
+    seen = []
+    net = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(net, "compile", lambda backend, mode=None: seen.append((backend, mode)))
+    compile_network(net, setting)
+    assert seen == [expected]

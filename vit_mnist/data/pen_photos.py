@@ -10,12 +10,12 @@ from skimage.morphology import disk, skeletonize
 
 from vit_mnist.data.preprocess import load_image, to_mnist_layout
 
-DESCRIPTION = ("the first 1,000 test digits redrawn along their centre line with a fine pen (0.4-0.9 px wide in MNIST's "
-               "20-pixel box) as dark ink on unevenly lit, noisy paper at 8x the resolution, through predict's "
-               "preprocessing")
+DESCRIPTION = ("the first test digits (1,000 by default) redrawn along their centre line with a fine pen (0.4-0.9 px "
+               "wide in MNIST's 20-pixel box) as dark ink on unevenly lit, noisy paper at 8x the resolution, through "
+               "predict's preprocessing")
 SCALE = 8  # photo pixels per MNIST pixel: a 224x224 photo, the digit about 160 pixels tall
 PEN_RADII = (1, 2, 3)  # pen half-widths in photo pixels: lines 3 to 7 pixels wide
-PEN_PHOTOS_IMAGES = 1000  # the benchmark's first test digits that it photographs (about 10 s on one CPU core)
+PEN_PHOTOS_IMAGES = 1000  # how many first test digits the benchmark photographs by default (about 8 s on one core)
 
 
 def pen_photo(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -95,19 +95,20 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ViTClassifier]:
     return datamodule, module
 
 
-INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 def compile_network(net: torch.nn.Module, setting: bool | str) -> None:
     """torch.compile `net` in place (its state_dict keys, so checkpoints, stay the same): `model.compile=true`
-    uses inductor; one of INDUCTOR_MODES uses inductor in that mode (`reduce-overhead`: CUDA graphs on a GPU,
-    which the fixed training batches allow); a backend name (e.g. `model.compile=aot_eager`) picks another."""
-    if setting is True or setting in INDUCTOR_MODES:
+    uses inductor; one of inductor's modes (torch._inductor.list_mode_options(); `reduce-overhead`: CUDA graphs on a
+    GPU, which the fixed training batches allow) uses inductor in that mode; a backend name (e.g.
+    `model.compile=aot_eager`) picks another."""
+    import torch._inductor  # its list of modes; imported only when something is compiled
+
+    modes = list(torch._inductor.list_mode_options())
+    if setting is True or setting in modes:
         net.compile(backend="inductor", mode=None if setting is True else str(setting))
         return
     if str(setting) not in torch.compiler.list_backends(exclude_tags=()):
         raise UserError(f"model.compile={setting!r} is not a torch.compile backend or mode: use model.compile=true "
-                        f"(inductor), false, one of inductor's modes {list(INDUCTOR_MODES)}, or one of the backends "
+                        f"(inductor), false, one of inductor's modes {modes}, or one of the backends "
                         f"{torch.compiler.list_backends()}.")
     net.compile(backend=str(setting))
 

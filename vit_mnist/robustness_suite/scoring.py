@@ -161,9 +161,9 @@ def run_suite(entries: Sequence[ModelEntry], images: torch.Tensor, labels: torch
     each of `digit_sets` (names in DIGIT_SETS: digits through predict's preprocessing); each model with a detector
     (`Scorer.detector`) also on the `non_digit_sets` (name -> uint8 images): its `ood` result.
 
-    `digit_set_limit` keeps the first N digits of each digit set (a debug run's few); `pen_photos` test digits are
-    photographed. Returns the results and the
-    first `examples` images of each set for the examples figure.
+    `digit_set_limit` keeps the first N digits of each digit set (a debug run's few); the first `pen_photos` test
+    digits are photographed for the pen photos. Returns the results and the first `examples` images of each set
+    for the examples figure.
     """
     results = []
     shown = {"clean": images[:examples]}
